@@ -30,7 +30,7 @@ setup(
     extras_require={
         # the MPI library itself: the PyPI MPICH wheel by default; a site MPI works without it
         "mpich": ["mpich>=4.2"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "mpich>=4.2"],
+        "test": ["pytest>=8", "filelock>=3", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "mpich>=4.2"],
     },
     entry_points={"console_scripts": ["hpcyuan = hpcyuan.cli:main"]},
 )
