@@ -3,11 +3,14 @@
 #
 #   bash tests/run.sh            # all tiers
 #   bash tests/run.sh -k config  # extra arguments go to every pytest call
+#
+# Tiers (the directory sets the marker): unit (single process, two pytest workers, one per core),
+# mpi (real ranks under mpiexec; each test launches its own ranks, so no pytest workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install.sh
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two pytest workers share the 2 cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # two pytest workers (or MPI ranks) share the 2 cores
 
-# Unit tests: two workers, one per core.
-.venv/bin/python -m pytest -n 2 --dist loadfile -m unit "$@"
+.venv/bin/python -m pytest -n 2 --dist loadfile -m unit --durations=10 "$@"
+.venv/bin/python -m pytest -m mpi --durations=5 "$@"
