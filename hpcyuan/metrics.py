@@ -27,25 +27,27 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def measure_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+def measure_peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
     """Dense matmul FLOP/s this process reaches on its CPU threads: the denominator of MFU on CPUs,
-    which publish no peak. (On a GPU, set train.peak_tflops to the datasheet figure instead.)"""
-    n = 512
+    which publish no peak. The best of many short trials, so a busy neighbour for part of the
+    window does not lower it. (On a GPU, set train.peak_tflops to the datasheet figure instead.)"""
+    n = 1024
     a = torch.randn(n, n, dtype=dtype)
     b = torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up: thread pool, caches
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
         a @ b
-        count += 1
-    return 2 * n**3 * count / elapsed
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
 
 
 class MetricsLogger:
     """Appends JSONL rows and prints progress lines; rank 0 of a job is the only one that logs."""
 
-    def __init__(self, path: Path, total_steps: int, enabled: bool = True, stream=sys.stdout):
-        self.path, self.total_steps, self.enabled, self.stream = path, total_steps, enabled, stream
+    def __init__(self, path: Path, total_steps: int, enabled: bool = True):
+        self.path, self.total_steps, self.enabled = path, total_steps, enabled
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -56,7 +58,7 @@ class MetricsLogger:
 
     def say(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.stream, flush=True)
+            print(text, file=sys.stdout, flush=True)
 
     def train_row(self, row: dict, eta_s: float) -> None:
         self.write({"kind": "train", **row})
