@@ -91,6 +91,10 @@ class PoliteWait:
         self.spin_s = min(self.max_spin_s, max(self.min_spin_s, 2.0 * self._avg_wait_s))
 
 
+ABORT_GRACE_S = 1.0
+"""Seconds a failing rank waits after printing its error before it aborts the job."""
+
+
 def run_main(fn: Callable[..., T], *args, **kwargs) -> T:
     """Run `fn(*args, **kwargs)` as a rank's main; on any exception print it once from this rank and
     end the whole MPI job with MPI_Abort and the exit code of the error's kind (module docstring)."""
@@ -118,6 +122,9 @@ def _report(message: str, code: int, name_rank: bool = True) -> None:
         sys.stderr.write(prefix + message + "\n")
     sys.stderr.flush()
     sys.stdout.flush()
+    # mpiexec forwards rank output asynchronously and MPI_Abort kills the job at once: without a
+    # moment's grace the one message that explains the failure can be lost (seen with MPICH Hydra).
+    time.sleep(ABORT_GRACE_S)
     abort_job(code)
 
 
