@@ -34,7 +34,6 @@ is S itself; `seconds` is the time the caller spent blocked (for a non-blocking 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable
 

@@ -1,18 +1,7 @@
 """Corpus: built-in Shakespeare split into scenes, file and directory corpora, clear errors."""
 
-import pytest
-
 from hpcyuan.data.corpus import iter_documents, split_scenes
-from hpcyuan.errors import HpcyuanError
-
-
-def _one_line_error(fn, *needles):
-    with pytest.raises(HpcyuanError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
+from helpers import one_line_error
 
 
 def test_split_scenes_keeps_headings_with_their_scene_and_loses_nothing():
@@ -45,21 +34,21 @@ def test_file_and_directory(tmp_path):
 
 
 def test_missing_path():
-    _one_line_error(lambda: iter_documents("/no/such/corpus.txt"), "/no/such/corpus.txt")
+    one_line_error(lambda: iter_documents("/no/such/corpus.txt"), "/no/such/corpus.txt")
 
 
 def test_unknown_name():
-    _one_line_error(lambda: iter_documents("shakespear"), "shakespear", "shakespeare")
+    one_line_error(lambda: iter_documents("shakespear"), "shakespear", "shakespeare")
 
 
 def test_empty_corpus(tmp_path):
     (tmp_path / "blank.txt").write_text("  \n\n")
-    _one_line_error(lambda: list(iter_documents(str(tmp_path))), str(tmp_path), "no text")
+    one_line_error(lambda: list(iter_documents(str(tmp_path))), str(tmp_path), "no text")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(lambda: list(iter_documents(str(empty))), str(empty))
+    one_line_error(lambda: list(iter_documents(str(empty))), str(empty))
 
 
 def test_not_utf8(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\xff\xfe")
-    _one_line_error(lambda: list(iter_documents(str(tmp_path))), "bad.txt", "UTF-8")
+    one_line_error(lambda: list(iter_documents(str(tmp_path))), "bad.txt", "UTF-8")

@@ -6,7 +6,7 @@ import pytest
 
 from hpcyuan.data.corpus import Document
 from hpcyuan.data.tokenizer import MIN_VOCAB, Tokenizer
-from hpcyuan.errors import HpcyuanError
+from helpers import one_line_error
 
 def _text(seed: int, lines: int = 60) -> str:
     """Pseudo-words from a few syllables: varied enough to learn a few hundred pieces from 9 KB."""
@@ -73,28 +73,18 @@ def test_loaded_equals_trained(tok, tmp_path):
     assert Tokenizer.load(path).encode(text) == trained.encode(text)
 
 
-def _one_line_error(fn, *needles):
-    with pytest.raises(HpcyuanError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
-    return message
-
-
 def test_vocab_too_large_for_corpus():
-    _one_line_error(lambda: Tokenizer.train(CORPUS, 20000), "model.vocab_size = 20000", "too large")
+    one_line_error(lambda: Tokenizer.train(CORPUS, 20000), "model.vocab_size = 20000", "too large")
 
 
 def test_vocab_below_byte_pieces_and_specials():
-    _one_line_error(lambda: Tokenizer.train(CORPUS, 200), "model.vocab_size = 200", str(MIN_VOCAB))
+    one_line_error(lambda: Tokenizer.train(CORPUS, 200), "model.vocab_size = 200", str(MIN_VOCAB))
 
 
 def test_vocab_too_small_for_characters():
     many_chars = [Document("zh", "".join(chr(0x4E00 + i) for i in range(400)) + "\n")]
-    _one_line_error(lambda: Tokenizer.train(many_chars, MIN_VOCAB), f"model.vocab_size = {MIN_VOCAB}", "too small")
+    one_line_error(lambda: Tokenizer.train(many_chars, MIN_VOCAB), f"model.vocab_size = {MIN_VOCAB}", "too small")
 
 
 def test_load_missing_file(tmp_path):
-    _one_line_error(lambda: Tokenizer.load(tmp_path / "nope.model"), "nope.model")
+    one_line_error(lambda: Tokenizer.load(tmp_path / "nope.model"), "nope.model")

@@ -13,7 +13,7 @@ from hpcyuan.data import tokens as tf
 from hpcyuan.data.prepare import check_data, prepare_data, split_document
 from hpcyuan.data.tokenizer import Tokenizer
 from hpcyuan.data.tokens import TokenDataset
-from hpcyuan.errors import HpcyuanError
+from helpers import one_line_error
 
 VOCAB = 360
 
@@ -44,16 +44,6 @@ def prepared(tmp_path):
     config = _config(tmp_path)
     prepare_data(config)
     return config
-
-
-def _one_line_error(fn, *needles):
-    with pytest.raises(HpcyuanError) as info:
-        fn()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for needle in needles:
-        assert needle in message, message
-    return message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,19 +137,19 @@ def test_interrupted_prepare_does_not_look_prepared(prepared, monkeypatch):
     monkeypatch.setattr(Tokenizer, "train", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(prepared, force=True)
-    _one_line_error(lambda: check_data(prepared), "meta.json", "hpcyuan data prepare")
+    one_line_error(lambda: check_data(prepared), "meta.json", "hpcyuan data prepare")
 
 
 def test_missing_and_empty_corpus(tmp_path):
-    _one_line_error(lambda: prepare_data(_config(tmp_path, corpus=tmp_path / "nope")), "nope")
+    one_line_error(lambda: prepare_data(_config(tmp_path, corpus=tmp_path / "nope")), "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(lambda: prepare_data(_config(tmp_path, corpus=empty)), str(empty), "no text")
+    one_line_error(lambda: prepare_data(_config(tmp_path, corpus=empty)), str(empty), "no text")
     assert not (tmp_path / "data" / "meta.json").exists()
 
 
 def test_vocab_too_large_for_corpus(tmp_path):
-    _one_line_error(lambda: prepare_data(_config(tmp_path, vocab=30000)), "model.vocab_size = 30000")
+    one_line_error(lambda: prepare_data(_config(tmp_path, vocab=30000)), "model.vocab_size = 30000")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,18 +157,18 @@ def test_vocab_too_large_for_corpus(tmp_path):
 
 
 def test_missing_dir(tmp_path):
-    _one_line_error(lambda: TokenDataset(tmp_path / "nodata", "train", 16), "nodata", "hpcyuan data prepare")
+    one_line_error(lambda: TokenDataset(tmp_path / "nodata", "train", 16), "nodata", "hpcyuan data prepare")
 
 
 def test_missing_meta(tmp_path):
-    _one_line_error(lambda: TokenDataset(tmp_path, "train", 16), "meta.json", "hpcyuan data prepare")
+    one_line_error(lambda: TokenDataset(tmp_path, "train", 16), "meta.json", "hpcyuan data prepare")
 
 
 def test_truncated_bin(prepared):
     path = tf.Path(prepared.data.dir) / "val.bin"
     with open(path, "r+b") as f:
         f.truncate(path.stat().st_size - 2)
-    _one_line_error(lambda: TokenDataset(prepared.data.dir, "train", 16), "val.bin", "bytes")
+    one_line_error(lambda: TokenDataset(prepared.data.dir, "train", 16), "val.bin", "bytes")
 
 
 def test_corrupt_bin_caught_by_checksum(prepared):
@@ -187,23 +177,23 @@ def test_corrupt_bin_caught_by_checksum(prepared):
     data[10] ^= 0xFF
     path.write_bytes(bytes(data))
     TokenDataset(prepared.data.dir, "train", 16)  # sizes match: only the checksum can tell
-    _one_line_error(lambda: TokenDataset(prepared.data.dir, "train", 16, verify_checksums=True),
+    one_line_error(lambda: TokenDataset(prepared.data.dir, "train", 16, verify_checksums=True),
                     "train.bin", "sha256")
 
 
 def test_seq_length_beyond_data(prepared):
     n_val = json.loads((tf.Path(prepared.data.dir) / "meta.json").read_text())["splits"]["val"]["tokens"]
-    _one_line_error(lambda: TokenDataset(prepared.data.dir, "val", n_val), "'val'", str(n_val),
+    one_line_error(lambda: TokenDataset(prepared.data.dir, "val", n_val), "'val'", str(n_val),
                     f"model.seq_length = {n_val}")
     TokenDataset(prepared.data.dir, "val", n_val - 1)  # exactly one window fits
     long = Config(model=ModelConfig(vocab_size=VOCAB, seq_length=n_val), data=prepared.data)
-    _one_line_error(lambda: check_data(long), "'val'", "model.seq_length")
+    one_line_error(lambda: check_data(long), "'val'", "model.seq_length")
 
 
 def test_vocab_mismatch(prepared):
     for vocab in (VOCAB - 1, VOCAB + 128):
         config = Config(model=ModelConfig(vocab_size=vocab, seq_length=16), data=prepared.data)
-        _one_line_error(lambda: check_data(config, "configs/x.toml"), "meta.json", str(VOCAB),
+        one_line_error(lambda: check_data(config, "configs/x.toml"), "meta.json", str(VOCAB),
                         f"model.vocab_size = {vocab}", "configs/x.toml", "prepare")
 
 
@@ -231,8 +221,8 @@ def test_meta_of_another_version_or_incomplete(prepared):
     path = tf.Path(prepared.data.dir) / "meta.json"
     meta = json.loads(path.read_text())
     path.write_text(json.dumps({**meta, "format_version": 99}))
-    _one_line_error(lambda: check_data(prepared), "meta.json", "format_version 99")
+    one_line_error(lambda: check_data(prepared), "meta.json", "format_version 99")
     path.write_text(json.dumps({k: v for k, v in meta.items() if k != "eod_id"}))
-    _one_line_error(lambda: check_data(prepared), "meta.json", "eod_id")
+    one_line_error(lambda: check_data(prepared), "meta.json", "eod_id")
     path.write_text("{not json")
-    _one_line_error(lambda: check_data(prepared), "meta.json", "JSON")
+    one_line_error(lambda: check_data(prepared), "meta.json", "JSON")
