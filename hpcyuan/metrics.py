@@ -91,3 +91,29 @@ class Throughput:
         tokens_per_s = self.tokens / max(self.seconds, 1e-9)
         self.tokens, self.seconds = 0, 0.0
         return tokens_per_s, tokens_per_s * self.flops_per_token / self.peak_flops
+
+
+def plot_losses(metrics_path: Path, png_path: Path, unigram_entropy: float | None = None) -> None:
+    """Training and validation loss against step, from metrics.jsonl, as a PNG beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on compute nodes
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for kind, label, style in (("train", "training loss (mean over the log interval)", "-"),
+                               ("eval", "validation loss", "o-")):
+        points = [(r["step"], r["loss" if kind == "train" else "val_loss"]) for r in rows if r["kind"] == kind]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    if unigram_entropy is not None:
+        ax.axhline(unigram_entropy, color="grey", linestyle="--", label="unigram entropy (no context)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"{metrics_path.parent.name}: loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)

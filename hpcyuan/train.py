@@ -23,7 +23,7 @@ import torch
 from hpcyuan import ops
 from hpcyuan.config import Config
 from hpcyuan.data import GlobalSampler, TokenDataset, check_data, make_batch, micro_batches
-from hpcyuan.metrics import MetricsLogger, Throughput, format_duration, measure_peak_flops
+from hpcyuan.metrics import MetricsLogger, Throughput, format_duration, measure_peak_flops, plot_losses
 from hpcyuan.model import build_model
 from hpcyuan.model.counting import count_parameters, training_flops_per_token
 from hpcyuan.optim import LocalAdamW, learning_rate
@@ -69,6 +69,8 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     model.init_weights(cfg.train.seed)
     optimizer = LocalAdamW(model, cfg.train)
 
+    # A run starts from step 0 (resuming arrives with checkpoints), so its metrics start afresh too.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.train.steps)
     params = count_parameters(cfg.model)
     peak = cfg.train.peak_tflops * 1e12 or measure_peak_flops(torch.bfloat16 if cfg.train.bf16 else torch.float32)
@@ -122,6 +124,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     )
     logger.write({"kind": "summary", **result.__dict__, "skipped_steps": state.skipped_steps})
     (run_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy)
     logger.say(
         f"done: {state.step} steps in {format_duration(wall)} | validation loss {val_loss:.4f} nats/token"
         f" (perplexity {math.exp(val_loss):,.1f}) vs unigram entropy {unigram_entropy:.4f}"

@@ -37,6 +37,7 @@ def test_tiny_model_learns_and_logs(preset, shakespeare_512, tmp_path, capsys):
     assert all(math.isfinite(r["grad_norm"]) and r["tokens_per_s"] > 0 for r in train_rows)
     assert "step 40/40 | loss" in out and "ETA" in out and "vs unigram entropy" in out
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 40
+    assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(str(tmp_path / "config.toml")) == cfg  # the stored config is complete
 
 
