@@ -1,6 +1,6 @@
 """Import released Yuan 2.0 (dense) weights from a Hugging Face state dict into our logical names.
 
-    hf = torch.load("yuan2-2b-hf/pytorch_model.bin")           # or safetensors
+    hf = torch.load("yuan2-2b-hf/pytorch_model.bin", weights_only=True)  # tensors only, no pickled code
     model = build_model(config)
     model.load_named_tensors(from_hf_state_dict(hf, config))
 

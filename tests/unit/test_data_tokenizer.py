@@ -1,22 +1,15 @@
 """Tokenizer: exact round trip of any text, special ids, clear vocabulary-size errors."""
 
-import random
 
 import pytest
 
 from hpcyuan.data.corpus import Document
 from hpcyuan.data.tokenizer import MIN_VOCAB, Tokenizer
-from helpers import one_line_error
+from helpers import one_line_error, pseudo_text
+
 
 def _text(seed: int, lines: int = 60) -> str:
-    """Pseudo-words from a few syllables: varied enough to learn a few hundred pieces from 9 KB."""
-    r = random.Random(seed)
-    syllables = ["ka", "to", "ri", "mun", "sel", "va", "po", "dre", "lin", "xo", "qua", "ber", "ni", "st", "ou"]
-    out = []
-    for _ in range(lines):
-        words = ("".join(r.choice(syllables) for _ in range(r.randint(1, 3))) for _ in range(r.randint(3, 10)))
-        out.append(("    " if r.random() < 0.2 else "") + " ".join(words).capitalize() + r.choice(".,;!?"))
-    return "\n".join(out) + "\n中文测试，你好世界。莎士比亚的戏剧。\n"
+    return pseudo_text(seed, lines) + "中文测试，你好世界。莎士比亚的戏剧。\n"
 
 
 CORPUS = [Document(f"doc{i}", _text(i)) for i in range(4)]

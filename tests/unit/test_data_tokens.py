@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import time
 
 import numpy as np
@@ -13,20 +12,9 @@ from hpcyuan.data import tokens as tf
 from hpcyuan.data.prepare import check_data, prepare_data, split_document
 from hpcyuan.data.tokenizer import Tokenizer
 from hpcyuan.data.tokens import TokenDataset
-from helpers import one_line_error
+from helpers import one_line_error, pseudo_text
 
 VOCAB = 360
-
-
-def _text(seed: int, lines: int = 60) -> str:
-    """Pseudo-words from a few syllables: varied enough to learn a few hundred pieces from 9 KB."""
-    r = random.Random(seed)
-    syllables = ["ka", "to", "ri", "mun", "sel", "va", "po", "dre", "lin", "xo", "qua", "ber", "ni", "st", "ou"]
-    out = []
-    for _ in range(lines):
-        words = ("".join(r.choice(syllables) for _ in range(r.randint(1, 3))) for _ in range(r.randint(3, 10)))
-        out.append(("    " if r.random() < 0.2 else "") + " ".join(words).capitalize() + r.choice(".,;!?"))
-    return "\n".join(out) + "\n"
 
 
 def _config(tmp_path, vocab=VOCAB, seq_length=16, corpus=None) -> Config:
@@ -34,7 +22,7 @@ def _config(tmp_path, vocab=VOCAB, seq_length=16, corpus=None) -> Config:
         corpus = tmp_path / "corpus"
         corpus.mkdir(exist_ok=True)
         for i in range(4):
-            (corpus / f"doc{i}.txt").write_text(_text(i))
+            (corpus / f"doc{i}.txt").write_text(pseudo_text(i))
     return Config(model=ModelConfig(vocab_size=vocab, seq_length=seq_length),
                   data=DataConfig(corpus=str(corpus), dir=str(tmp_path / "data")))
 
@@ -89,7 +77,7 @@ def test_prepare_writes_a_consistent_directory(prepared):
     train = np.fromfile(tf.Path(directory) / "train.bin", dtype="<u2")
     assert train[-1] == tok.eod_id and (train == tok.eod_id).sum() == 4
     first_doc = train[:int(np.argmax(train == tok.eod_id))]
-    assert tok.decode(first_doc) == split_document(_text(0), prepared.data.val_fraction)[0]
+    assert tok.decode(first_doc) == split_document(pseudo_text(0), prepared.data.val_fraction)[0]
 
 
 def test_validation_tail_is_cut_at_a_line_break():
@@ -125,7 +113,7 @@ def test_prepare_redoes_work_when_inputs_change(prepared, monkeypatch):
     counting = classmethod(lambda cls, *a, **k: calls.append(1) or real_train(cls, *a, **k))
     monkeypatch.setattr(Tokenizer, "train", counting)
     prepare_data(prepared, force=True)
-    (tf.Path(prepared.data.corpus) / "doc0.txt").write_text(_text(99))  # corpus content changed
+    (tf.Path(prepared.data.corpus) / "doc0.txt").write_text(pseudo_text(99))  # corpus content changed
     prepare_data(prepared)
     prepare_data(Config(model=ModelConfig(vocab_size=VOCAB + 10), data=prepared.data))
     assert len(calls) == 3
