@@ -117,20 +117,21 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     val_loss = evaluate(model, val_set, eod_id, cfg)
     logger.eval_row(state.step, val_loss)
     wall = time.perf_counter() - start
-    result = TrainResult(
+    summary = TrainResult(
         steps=state.step, final_train_loss=last_loss, val_loss=val_loss,
         unigram_entropy=unigram_entropy,
         tokens_per_s=state.step * cfg.train.global_batch_size * cfg.model.seq_length / step_seconds, wall_s=wall,
     )
-    logger.write({"kind": "summary", **result.__dict__, "skipped_steps": state.skipped_steps})
-    (run_dir / "summary.json").write_text(json.dumps(result.__dict__, indent=2) + "\n")
+    row = {**summary.__dict__, "skipped_steps": state.skipped_steps}
+    logger.write({"kind": "summary", **row})
+    (run_dir / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy)
     logger.say(
         f"done: {state.step} steps in {format_duration(wall)} | validation loss {val_loss:.4f} nats/token"
         f" (perplexity {math.exp(val_loss):,.1f}) vs unigram entropy {unigram_entropy:.4f}"
-        f" (perplexity {math.exp(unigram_entropy):,.1f}) | {result.tokens_per_s:,.0f} tok/s"
+        f" (perplexity {math.exp(unigram_entropy):,.1f}) | {summary.tokens_per_s:,.0f} tok/s"
     )
-    return result
+    return summary
 
 
 def forward_backward(model, optimizer, dataset, indices, eod_id: int, cfg: Config) -> float:
