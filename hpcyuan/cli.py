@@ -50,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     train = commands.add_parser(
-        "train", help="train a model (single process for now; MPI ranks in the runtime issue)",
+        "train", help="train a model (one process; multi-rank MPI training is being built)",
         description="Train the model a config describes, on data made by `hpcyuan data prepare`. "
                     "Prints a progress line every train.log_interval steps and writes "
-                    "<train.run_dir>/metrics.jsonl, config.toml and summary.json.")
+                    "<train.run_dir>/metrics.jsonl, config.toml, summary.json and loss.png "
+                    "(docs/metrics.md).")
     add_config_args(train)
     train.add_argument("--steps", type=int, help="override train.steps")
     train.add_argument("--run-dir", help="override train.run_dir (metrics, config and checkpoints go here)")
