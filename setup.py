@@ -7,9 +7,35 @@ Install for development (the only supported way; `scripts/install.sh` does it fo
 
 `--no-build-isolation` matters once the C++ kernels are built here: with isolation pip would build
 them against another torch than the one that runs them.
+
+Kernels (extension-cpp layout, see kernels/): `hpcyuan._C` is always built from kernels/*.cpp as a CPU
+extension (OpenMP). When the installed torch is a CUDA build and nvcc is found, kernels/cuda/*.cu are
+compiled into the same module. Nothing to choose: no flags, no environment switches.
 """
 
+import glob
+import os
+import shutil
+
+import torch
 from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+
+def _has_nvcc() -> bool:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    return shutil.which("nvcc") is not None or os.path.exists(os.path.join(cuda_home, "bin", "nvcc"))
+
+
+def _extension():
+    sources = sorted(glob.glob("kernels/*.cpp"))
+    args = {"extra_compile_args": {"cxx": ["-O3", "-fopenmp"]}, "extra_link_args": ["-fopenmp"]}
+    # a CPU torch wheel cannot build CUDA code (torch forces CUDA_HOME=None): CPU only there
+    if torch.version.cuda is not None and _has_nvcc():
+        args["extra_compile_args"]["nvcc"] = ["-O3"]  # archs: TORCH_CUDA_ARCH_LIST, else the visible GPU
+        return CUDAExtension("hpcyuan._C", sources + sorted(glob.glob("kernels/cuda/*.cu")), **args)
+    return CppExtension("hpcyuan._C", sources, **args)
+
 
 setup(
     name="hpcyuan",
@@ -33,4 +59,6 @@ setup(
         "test": ["pytest>=8", "filelock>=3", "pytest-xdist>=3.5", "pytest-timeout>=2.3", "mpich>=4.2"],
     },
     entry_points={"console_scripts": ["hpcyuan = hpcyuan.cli:main"]},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension},
 )

@@ -6,16 +6,17 @@
 
 Each op has a pure-PyTorch reference in `reference.py`. A compiled extension, when built, is the
 module `hpcyuan._C`; importing it registers `torch.ops.hpcyuan.<op>` with the same signatures
-(schema, CPU/CUDA kernels, autograd and fake registrations live with it). Modes:
-- "auto": the extension if it imports and registers every op, else the references;
+(schemas and CPU/CUDA kernels in kernels/; autograd and fake registrations in `registrations.py`). Modes:
+- "auto": per op, the extension's kernel when `hpcyuan._C` imports and registers that op, else the
+  reference; if the extension is not built at all, one warning says so (the first time an op runs);
 - "reference": always the references;
 - "extension": the extension, and `set_kernels` raises HpcyuanError if it is not built.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
+import warnings
 
 import torch
 
@@ -26,16 +27,51 @@ MODES = ("auto", "reference", "extension")
 OPS = ("rms_norm", "lfa_filter", "attention_router")
 
 _mode = "auto"
+_warned = False
+_import_error: str | None = None
 
 
-@functools.cache
-def extension_available() -> bool:
-    """True when `hpcyuan._C` imports and registers all of OPS under torch.ops.hpcyuan."""
+def _load_extension() -> frozenset[str]:
+    """Import `hpcyuan._C` (once, when this module loads, so torch.compile never traces an import) and
+    register fake + autograd for the ops it has; returns their names."""
+    global _import_error
     try:
         importlib.import_module("hpcyuan._C")
-    except ImportError:
+    except (ImportError, OSError) as e:
+        _import_error = f"{type(e).__name__}: {e}"
+        return frozenset()
+    from hpcyuan.ops import registrations
+
+    available = frozenset(name for name in OPS if hasattr(torch.ops.hpcyuan, name))
+    registrations.register(available)
+    return available
+
+
+_EXTENSION_OPS = _load_extension()
+
+
+def extension_ops() -> frozenset[str]:
+    """The ops of OPS that `hpcyuan._C` registers under torch.ops.hpcyuan (empty when it is not built)."""
+    return _EXTENSION_OPS
+
+
+def extension_available() -> bool:
+    """True when `hpcyuan._C` imports and registers all of OPS under torch.ops.hpcyuan."""
+    return extension_ops() == frozenset(OPS)
+
+
+def _use_extension(op: str) -> bool:
+    global _warned
+    if _mode == "reference":
         return False
-    return all(hasattr(torch.ops.hpcyuan, name) for name in OPS)
+    if op in _EXTENSION_OPS:
+        return True
+    if not _EXTENSION_OPS and not _warned and not torch.compiler.is_compiling():
+        _warned = True
+        warnings.warn(f'hpcyuan: kernels = "auto" and the C++/CUDA extension hpcyuan._C is not built '
+                      f'({_import_error}); running the pure-PyTorch reference ops '
+                      '(pip install --no-build-isolation -e . builds it)', stacklevel=3)
+    return False
 
 
 def set_kernels(mode: str) -> None:
@@ -44,36 +80,39 @@ def set_kernels(mode: str) -> None:
     if mode not in MODES:
         raise HpcyuanError(f"kernels = \"{mode}\": must be one of {', '.join(MODES)}")
     if mode == "extension" and not extension_available():
-        raise HpcyuanError('kernels = "extension" but the C++/CUDA extension hpcyuan._C is not built '
-                           '(pip install --no-build-isolation -e . builds it), or use kernels = "auto"')
+        missing = ", ".join(name for name in OPS if name not in extension_ops())
+        raise HpcyuanError(f'kernels = "extension" but the C++/CUDA extension hpcyuan._C is not built or lacks '
+                           f'{missing} (pip install --no-build-isolation -e . builds it), or use kernels = "auto"')
     _mode = mode
 
 
 def kernels_in_use() -> str:
-    """"extension" or "reference": what the ops below dispatch to right now."""
-    use_ext = _mode == "extension" or (_mode == "auto" and extension_available())
-    return "extension" if use_ext else "reference"
+    """What the ops below dispatch to right now: "extension" (all of OPS), "reference" (none), or
+    "mixed" (a partly built extension in "auto" mode: the ops it has run compiled)."""
+    if _mode == "reference" or not extension_ops():
+        return "reference"
+    return "extension" if extension_available() else "mixed"
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if kernels_in_use() == "extension":
+    if _use_extension("rms_norm"):
         return torch.ops.hpcyuan.rms_norm(x, weight, eps)
     return reference_rms_norm(x, weight, eps)
 
 
 def lfa_filter(x, conv1_weight, conv1_bias, conv2_weight, conv2_bias, norm_weight, eps: float) -> torch.Tensor:
     args = (x, conv1_weight, conv1_bias, conv2_weight, conv2_bias, norm_weight, eps)
-    if kernels_in_use() == "extension":
+    if _use_extension("lfa_filter"):
         return torch.ops.hpcyuan.lfa_filter(*args)
     return reference_lfa_filter(*args)
 
 
 def attention_router(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: int):
-    if kernels_in_use() == "extension":
+    if _use_extension("attention_router"):
         return torch.ops.hpcyuan.attention_router(q, k, v, top_k)
     return reference_attention_router(q, k, v, top_k)
 
 
-__all__ = ["MODES", "OPS", "attention_router", "extension_available", "kernels_in_use", "lfa_filter",
+__all__ = ["MODES", "OPS", "attention_router", "extension_available", "extension_ops", "kernels_in_use", "lfa_filter",
            "reference_attention_router", "reference_lfa_filter", "reference_rms_norm", "rms_norm",
            "set_kernels"]

@@ -115,7 +115,7 @@ def test_set_kernels_modes():
         if not ops.extension_available():
             with pytest.raises(HpcyuanError, match="not built"):
                 ops.set_kernels("extension")
-            ops.set_kernels("auto")
-            assert ops.kernels_in_use() == "reference"
+            ops.set_kernels("auto")  # a partly built extension runs the ops it has, the references for the rest
+            assert ops.kernels_in_use() == ("mixed" if ops.extension_ops() else "reference")
     finally:
         ops.set_kernels("auto")
