@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,10 +293,6 @@ class Config:
         """Micro-batches each data-parallel rank runs per optimizer step."""
         return self.train.global_batch_size // (self.train.micro_batch_size * self.parallel.dp)
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir or Path(self.train.run_dir) / "checkpoints")
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -307,8 +302,8 @@ class Config:
         return tomli_w.dumps(_toml_ready(self.to_dict()))
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-_SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in SECTIONS}
+SECTIONS = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "name"}
+"""Section name -> its dataclass."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +360,7 @@ def config_from_dict(raw: dict, source: str | None = None) -> Config:
 
 
 def _build_section(section: str, values: dict, source: str | None):
-    cls = _SECTION_TYPES[section]
+    cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
@@ -389,8 +384,6 @@ def _coerce(hint, value):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"must be a list of {item.__name__}")
         return tuple(_coerce(item, v) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported config annotation {hint}")  # keep the tree to plain types
     if hint is bool:
         if not isinstance(value, bool):
             raise ValueError("must be true or false")
