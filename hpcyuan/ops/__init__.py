@@ -21,10 +21,11 @@ import warnings
 import torch
 
 from hpcyuan.errors import HpcyuanError
-from hpcyuan.ops.reference import reference_attention_router, reference_lfa_filter, reference_rms_norm
+from hpcyuan.ops.reference import (reference_attention_router, reference_fused_adamw_, reference_lfa_filter,
+                                    reference_rms_norm)
 
 MODES = ("auto", "reference", "extension")
-OPS = ("rms_norm", "lfa_filter", "attention_router")
+OPS = ("rms_norm", "lfa_filter", "attention_router", "fused_adamw")
 
 _mode = "auto"
 _warned = False
@@ -113,6 +114,39 @@ def attention_router(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: i
     return reference_attention_router(q, k, v, top_k)
 
 
-__all__ = ["MODES", "OPS", "attention_router", "extension_available", "extension_ops", "kernels_in_use", "lfa_filter",
-           "reference_attention_router", "reference_lfa_filter", "reference_rms_norm", "rms_norm",
-           "set_kernels"]
+def fused_adamw_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor,
+                 param_out: torch.Tensor | None, *, lr: float, beta1: float, beta2: float, eps: float,
+                 weight_decay: float, step: int, grad_scale: float = 1.0) -> None:
+    """One AdamW step in place on a flat fp32 shard (reference_fused_adamw_ gives the exact math).
+
+    master, exp_avg, exp_avg_sq, grad: 1-D contiguous fp32 of one length; param_out: the same length in
+    fp32 or bf16 (the model's working copy), or None to skip the write-back; step counts from 1.
+    """
+    _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step)
+    if _use_extension("fused_adamw"):
+        torch.ops.hpcyuan.fused_adamw(master, exp_avg, exp_avg_sq, grad, param_out, lr, beta1, beta2, eps,
+                                      weight_decay, step, grad_scale)
+    else:
+        reference_fused_adamw_(master, exp_avg, exp_avg_sq, grad, param_out, lr=lr, beta1=beta1, beta2=beta2,
+                               eps=eps, weight_decay=weight_decay, step=step, grad_scale=grad_scale)
+
+
+def _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step: int) -> None:
+    n = master.numel()
+    named = {"master": master, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grad": grad, "param_out": param_out}
+    for name, t in named.items():
+        if t is None and name == "param_out":
+            continue
+        dtypes = (torch.float32, torch.bfloat16) if name == "param_out" else (torch.float32,)
+        ok = t.dim() == 1 and t.numel() == n and t.is_contiguous() and t.dtype in dtypes
+        if not ok or t.device != master.device:
+            raise ValueError(f"fused_adamw_: {name} must be a 1-D contiguous {' or '.join(map(str, dtypes))} "
+                             f"tensor of {n} elements on {master.device} (as master), got {tuple(t.shape)} "
+                             f"{t.dtype} on {t.device}")
+    if step < 1:
+        raise ValueError(f"fused_adamw_: step = {step}, must be >= 1 (the first step is 1)")
+
+
+__all__ = ["MODES", "OPS", "attention_router", "extension_available", "extension_ops", "fused_adamw_",
+           "kernels_in_use", "lfa_filter", "reference_attention_router", "reference_fused_adamw_",
+           "reference_lfa_filter", "reference_rms_norm", "rms_norm", "set_kernels"]

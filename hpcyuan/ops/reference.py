@@ -58,3 +58,24 @@ def reference_attention_router(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     p = torch.bmm(scores.softmax(dim=-1), v.unsqueeze(-1)).squeeze(-1)  # (N, E)
     top = p.topk(top_k, dim=-1)
     return top.values.softmax(dim=-1), top.indices
+
+
+def reference_fused_adamw_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                           grad: torch.Tensor, param_out: torch.Tensor | None, *, lr: float, beta1: float,
+                           beta2: float, eps: float, weight_decay: float, step: int, grad_scale: float = 1.0) -> None:
+    """One AdamW step in place on flat fp32 tensors, in torch.optim.AdamW's foreach order of operations.
+
+    g = grad * grad_scale; master *= 1 - lr*wd; exp_avg.lerp_(g, 1 - beta1);
+    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) g²; master -= lr/(1 - beta1^step) · exp_avg / denom with
+    denom = sqrt(exp_avg_sq) / sqrt(1 - beta2^step) + eps; then param_out (fp32/bf16, or None) = master.
+    """
+    g = grad * grad_scale if grad_scale != 1.0 else grad
+    if weight_decay != 0:
+        master.mul_(1 - lr * weight_decay)
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step_size = (lr / (1 - beta1 ** step)) * -1
+    denom = exp_avg_sq.sqrt().div_((1 - beta2 ** step) ** 0.5).add_(eps)
+    master.addcdiv_(exp_avg, denom, value=step_size)
+    if param_out is not None:
+        param_out.copy_(master)
