@@ -20,7 +20,12 @@ yuan-102b, yuan-m32, ...) or a path. Typical use:
 
   hpcyuan config show yuan-102b          shapes, parameter count, parallel layout
   hpcyuan data prepare --config demo     build the tokenizer and token files, offline
-  hpcyuan train --config demo            train, printing a progress line
+  hpcyuan train --config demo            train on one process, printing a progress line
+  hpcyuan launch -n 2 -- train --config demo --set parallel.dp=2
+                                         the same on 2 local MPI ranks (data parallel, ZeRO-1)
+
+On a cluster, start `hpcyuan train` with `srun --mpi=pmi2` (or mpiexec) directly: every rank runs it
+and MPI says how many there are; parallel.pp x parallel.dp must equal that number.
 """
 
 CONFIG_HELP = "preset name (see `hpcyuan config list`) or path to a TOML file"
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except HpcyuanError as err:
-        print(f"hpcyuan: error: {err}", file=sys.stderr)
+        if _launcher_rank() == 0:  # every rank fails alike on a bad config: say it once
+            print(f"hpcyuan: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hpcyuan: interrupted", file=sys.stderr)
@@ -50,15 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     train = commands.add_parser(
-        "train", help="train a model (one process; multi-rank MPI training is being built)",
+        "train", help="train a model (one process, or every rank of an MPI/Slurm job)",
         description="Train the model a config describes, on data made by `hpcyuan data prepare`. "
-                    "Prints a progress line every train.log_interval steps and writes "
+                    "Run it as one process, or on every rank of a job (mpiexec, srun --mpi=pmi2, "
+                    "`hpcyuan launch`); parallel.pp x parallel.dp must equal the number of ranks. "
+                    "Rank 0 prints a progress line every train.log_interval steps and writes "
                     "<train.run_dir>/metrics.jsonl, config.toml, summary.json and loss.png "
-                    "(docs/metrics.md).")
+                    "(docs/metrics.md). A failing rank ends the whole job: exit status 1 crash, "
+                    "2 bad input, 3 a collective timed out (parallel.timeout_s).")
     add_config_args(train)
     train.add_argument("--steps", type=int, help="override train.steps")
     train.add_argument("--run-dir", help="override train.run_dir (metrics, config and checkpoints go here)")
     train.set_defaults(handler=run_train)
+
+    launch = commands.add_parser(
+        "launch", help="run an hpcyuan command on N local MPI ranks (mpiexec)",
+        description="Run `hpcyuan COMMAND ...` on N ranks of this machine through mpiexec (the one from "
+                    "the mpich wheel in this Python's environment, else the first on PATH), with "
+                    "OMP_NUM_THREADS = cores / N unless set. Example: hpcyuan launch -n 2 -- train "
+                    "--config demo --set parallel.dp=2. On a cluster use srun --mpi=pmi2 instead.")
+    launch.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="number of MPI ranks")
+    launch.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the hpcyuan command line to run on every rank")
+    launch.set_defaults(handler=run_launch)
 
     data = commands.add_parser("data", help="prepare training data").add_subparsers(title="data commands",
                                                                                     metavar="ACTION")
@@ -84,6 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=run_config_show)
     listing = config.add_parser("list", help="list the presets in configs/")
     listing.set_defaults(handler=run_config_list)
+
+    plan = commands.add_parser(
+        "plan", help="choose the layers of each pipeline stage from a cost model",
+        description="Split model.num_layers over parallel.pp stages: the planner minimises the slowest "
+                    "stage (time per micro-batch from a FLOP/byte/op cost model) under a per-rank memory "
+                    "cap (1F1B in-flight activations, parameters, gradients, ZeRO optimizer shard), and "
+                    "prints its split beside the uniform one (and the config's own layers_per_stage). "
+                    "Model and assumptions: docs/planner.md.")
+    add_config_args(plan)
+    plan.add_argument("--memory-gib", type=float, metavar="GIB", help="memory cap per rank (default: none)")
+    plan.add_argument("--recompute-layers", default="0", metavar="N|all",
+                      help="recompute the first N layers of every stage in backward (default 0; all = full)")
+    plan.add_argument("--machine", default="gpu", choices=["gpu", "cpu"],
+                      help="assumed speed of a rank (default gpu: an H100-class device in bf16)")
+    plan.set_defaults(handler=run_plan)
     return parser
 
 
@@ -105,10 +140,29 @@ def run_train(args) -> int:
     if args.run_dir is not None:
         extra.append(f'train.run_dir="{args.run_dir}"')
     cfg = load(args, extra)
+    from hpcyuan.runtime.watchdog import run_main
     from hpcyuan.train import train
 
-    train(cfg, args.config)
+    run_main(train, cfg, args.config)  # an error on any rank ends every rank (MPI Abort), shown once
     return 0
+
+
+def run_launch(args) -> int:
+    from hpcyuan.runtime.launch import launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise HpcyuanError("launch: name the hpcyuan command to run, e.g. hpcyuan launch -n 2 -- train --config tiny")
+    return launch(args.ranks, command)
+
+
+def _launcher_rank() -> int:
+    from hpcyuan.runtime.env import JobEnv
+
+    try:
+        return JobEnv.current().rank
+    except HpcyuanError:
+        return 0
 
 
 def run_prepare(args) -> int:
@@ -136,4 +190,16 @@ def run_config_list(args) -> int:
     for name in list_presets():
         first = (PRESET_DIR / f"{name}.toml").read_text().splitlines()[0].lstrip("# ")
         print(f"{name:<12} {first}")
+    return 0
+
+
+def run_plan(args) -> int:
+    cfg = load(args)
+    from hpcyuan.parallel.partition import report
+
+    text = args.recompute_layers
+    if text != "all" and not text.isdigit():
+        raise HpcyuanError(f"--recompute-layers {text}: expected a number of layers >= 0 or 'all'")
+    recompute = cfg.model.num_layers if text == "all" else int(text)
+    print(report(cfg, args.memory_gib, args.machine, recompute))
     return 0

@@ -122,9 +122,13 @@ class ParallelConfig:
     zero_stage: int = 1
     """0: plain data parallel; 1: optimizer states and fp32 master weights sharded over dp;
     2: gradients sharded too."""
+    bucket_mb: float = 25.0
+    """MiB of fp32 gradients per data-parallel reduction bucket (reductions overlap backward)."""
+    timeout_s: float = 600.0
+    """A collective that does not finish within this many seconds ends the job (exit status 3)."""
 
     def __post_init__(self):
-        _positive(self, "pp", "dp")
+        _positive(self, "pp", "dp", "bucket_mb", "timeout_s")
         _check(self.zero_stage in (0, 1, 2), "zero_stage", self.zero_stage, "must be 0, 1 or 2")
         if self.layers_per_stage:
             _check(len(self.layers_per_stage) == self.pp, "layers_per_stage", list(self.layers_per_stage),
@@ -180,6 +184,9 @@ class TrainConfig:
     "extension"."""
     peak_tflops: float = 0.0
     """Peak dense TFLOP/s of one device, for MFU; 0 means measure a matmul on this machine."""
+    timeline_step: int = 3
+    """Record what every pipeline stage does during this step into run_dir/timeline.json (Chrome
+    trace) and timeline.png, and print each stage's idle share; 0: never."""
 
     def __post_init__(self):
         _positive(self, "steps", "global_batch_size", "micro_batch_size", "lr", "log_interval", "eval_samples")
@@ -195,6 +202,7 @@ class TrainConfig:
         _check(self.kernels in ("auto", "reference", "extension"), "kernels", self.kernels,
                'must be "auto", "reference" or "extension"')
         _check(self.peak_tflops >= 0, "peak_tflops", self.peak_tflops, "must be >= 0 (0 = measure)")
+        _check(self.timeline_step >= 0, "timeline_step", self.timeline_step, "must be >= 0 (0 = never)")
 
 
 @dataclass(frozen=True)

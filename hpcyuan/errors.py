@@ -11,6 +11,11 @@ class HpcyuanError(Exception):
     """An error caused by input the user controls; its message is one self-contained line."""
 
 
+class EveryRankError(HpcyuanError):
+    """An error every rank of a job raises alike, because it follows from the config and the job size
+    alone (pp x dp does not fit the ranks): rank 0 reports it, the other ranks end without a word."""
+
+
 class ConfigError(HpcyuanError):
     """A config value is invalid: names the source file, the dotted field path and the value."""
 

@@ -1,16 +1,18 @@
 """The training loop: the one place that wires config, data, model, optimizer and metrics together.
 
-    hpcyuan train --config configs/demo.toml
+    hpcyuan train --config configs/demo.toml                       # one process
+    hpcyuan launch -n 2 -- train --config demo --set parallel.dp=2  # 2 MPI ranks (or srun --mpi=pmi2)
 
 Read it top to bottom: `train()` builds everything, then each step runs
-lr -> forward/backward over micro-batches -> optimizer step (clip, skip non-finite) -> log -> eval.
-The data position is `consumed_samples`: with the data seed it fixes which samples come next, on
-any number of ranks (see hpcyuan/data/sampler.py).
+lr -> forward/backward over micro-batches (the pipeline schedule; one stage when pp = 1) ->
+optimizer step (dp reduce, clip, skip non-finite, ZeRO AdamW) -> log -> eval. The data position is
+`consumed_samples`: with the data seed it fixes which samples come next, on any number of ranks;
+each dp replica takes its slice of every global batch (see hpcyuan/data/sampler.py). World rank 0
+prints and writes the run files; the loss comes from the last pipeline stage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -24,9 +26,12 @@ from hpcyuan import ops
 from hpcyuan.config import Config
 from hpcyuan.data import GlobalSampler, TokenDataset, check_data, make_batch, micro_batches
 from hpcyuan.metrics import MetricsLogger, Throughput, format_duration, measure_peak_flops, plot_losses
-from hpcyuan.model import build_model
 from hpcyuan.model.counting import count_parameters, training_flops_per_token
-from hpcyuan.optim import LocalAdamW, learning_rate
+from hpcyuan.optim import learning_rate
+from hpcyuan.parallel.pipeline import Pipeline, build_stage, tied_embedding
+from hpcyuan.parallel.timeline import save_timeline
+from hpcyuan.parallel.zero import ZeroAdamW
+from hpcyuan.runtime.job import Job
 
 
 @dataclass
@@ -51,9 +56,12 @@ class TrainResult:
 def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     """Train as `cfg` says; `config_path` only names the file in error messages."""
     start = time.perf_counter()
+    job = Job.start(cfg)
+    dp = job.groups.dp
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
+    if job.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(cfg.to_toml())
 
     # Data: verified against the model config before anything expensive happens.
     meta = check_data(cfg, config_path)
@@ -65,21 +73,28 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     # Model and optimizer: weights are a pure function of (seed, parameter name).
     ops.set_kernels(cfg.train.kernels)
     torch.manual_seed(cfg.train.seed)  # dropout stream
-    model = build_model(cfg.model)
+    model = build_stage(cfg.model, job.topology, job.pp_rank)
     model.init_weights(cfg.train.seed)
-    optimizer = LocalAdamW(model, cfg.train)
+    pipe = Pipeline(model, job.groups.pp, job.pp_rank, job.topology.pp, cfg)
+    tied = tied_embedding(model)
+    optimizer = ZeroAdamW(model, cfg.train, cfg.parallel.zero_stage, dp, job.groups.world,
+                          bucket_numel=int(cfg.parallel.bucket_mb * 2**20) // 4,
+                          tied_params=tied, tied_group=job.embedding if tied else None)
 
     # A run starts from step 0 (resuming arrives with checkpoints), so its metrics start afresh too.
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.train.steps)
+    if job.is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.train.steps, enabled=job.is_main)
     params = count_parameters(cfg.model)
     peak = cfg.train.peak_tflops * 1e12 or measure_peak_flops(torch.bfloat16 if cfg.train.bf16 else torch.float32)
-    throughput = Throughput(training_flops_per_token(cfg.model), peak)
+    throughput = Throughput(training_flops_per_token(cfg.model), peak * job.topology.world_size)
     logger.say(
         f"hpcyuan train: {cfg.name} | {params.total / 1e6:.2f}M parameters ({params.active / 1e6:.2f}M active)"
+        f" | {job.topology.world_size} rank{'s' * (job.topology.world_size > 1)} (pp {job.topology.pp} x dp "
+        f"{job.topology.dp}, ZeRO-{cfg.parallel.zero_stage}, kernels: {ops.kernels_in_use()})"
         f" | {len(train_set.tokens):,} train tokens | global batch {cfg.train.global_batch_size} x "
         f"{cfg.model.seq_length} tokens in {cfg.num_microbatches} micro-batches | {cfg.train.steps} steps"
-        f" | peak {peak / 1e9:.1f} GFLOP/s for MFU"
+        f" | peak {peak / 1e9:.1f} GFLOP/s per rank for MFU"
     )
 
     state = TrainState()
@@ -88,9 +103,13 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     while state.step < cfg.train.steps:
         t0 = time.perf_counter()
         lr = learning_rate(state.step, cfg.train)
-        indices = sampler.local_batch(state.consumed_samples, dp_rank=0, dp_size=cfg.parallel.dp)
-        loss = forward_backward(model, optimizer, train_set, indices, eod_id, cfg)
+        indices = sampler.local_batch(state.consumed_samples, dp_rank=job.dp_rank, dp_size=dp.size)
+        pipe.timeline = [] if state.step + 1 == cfg.train.timeline_step else None
+        loss = forward_backward(pipe, optimizer, train_set, indices, eod_id, cfg)
         result = optimizer.step(lr)
+        loss = job_mean(job, loss)
+        if pipe.timeline is not None:
+            report_timeline(job, pipe, cfg, run_dir, logger, state.step + 1)
 
         state.step += 1
         state.consumed_samples += cfg.train.global_batch_size
@@ -112,9 +131,9 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
             )
             last_loss, window_losses = float(np.mean(window_losses)), []
         if cfg.train.eval_interval and state.step % cfg.train.eval_interval == 0 and state.step < cfg.train.steps:
-            logger.eval_row(state.step, evaluate(model, val_set, eod_id, cfg))
+            logger.eval_row(state.step, evaluate(pipe, val_set, eod_id, cfg, job))
 
-    val_loss = evaluate(model, val_set, eod_id, cfg)
+    val_loss = evaluate(pipe, val_set, eod_id, cfg, job)
     logger.eval_row(state.step, val_loss)
     wall = time.perf_counter() - start
     summary = TrainResult(
@@ -124,8 +143,9 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     )
     row = {**summary.__dict__, "skipped_steps": state.skipped_steps}
     logger.write({"kind": "summary", **row})
-    (run_dir / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy)
+    if job.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy)
     logger.say(
         f"done: {state.step} steps in {format_duration(wall)} | validation loss {val_loss:.4f} nats/token"
         f" (perplexity {math.exp(val_loss):,.1f}) vs unigram entropy {unigram_entropy:.4f}"
@@ -134,38 +154,44 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     return summary
 
 
-def forward_backward(model, optimizer, dataset, indices, eod_id: int, cfg: Config) -> float:
-    """Accumulate gradients over this rank's micro-batches; returns the mean loss (fp32).
+def forward_backward(pipe: Pipeline, optimizer, dataset, indices, eod_id: int, cfg: Config) -> float | None:
+    """Accumulate gradients over this rank's micro-batches; returns the mean loss on the last stage.
 
     Every micro-batch has the same number of tokens, so scaling each loss by 1/num_microbatches
-    makes the accumulated gradient the gradient of the mean loss over the whole batch.
+    makes the accumulated gradient the gradient of the mean loss over the whole batch (the optimizer
+    averages over dp replicas, whose batches are equal too).
     """
     optimizer.zero_grad()
-    model.train()
-    count = len(indices) // cfg.train.micro_batch_size
-    total = torch.zeros((), dtype=torch.float32)
-    for batch in micro_batches(dataset, indices, cfg.train.micro_batch_size, eod_id):
-        with autocast(cfg.train.bf16):
-            loss = model(batch.tokens, batch.position_ids, batch.targets)
-        (loss / count).backward()
-        total += loss.detach().float()
-    return float(total) / count
+    return pipe.train_step(list(micro_batches(dataset, indices, cfg.train.micro_batch_size, eod_id)), optimizer)
 
 
-@torch.no_grad()
-def evaluate(model, dataset, eod_id: int, cfg: Config) -> float:
-    """Mean validation loss over a fixed, evenly spread subset of the validation split."""
-    model.eval()
+def evaluate(pipe: Pipeline, dataset, eod_id: int, cfg: Config, job: Job) -> float:
+    """Mean validation loss over a fixed, evenly spread subset of the validation split; the dp
+    replicas share the samples (replica r takes every dp-th one)."""
     count = min(cfg.train.eval_samples, dataset.num_samples)
     indices = np.unique(np.linspace(0, dataset.num_samples - 1, count).astype(np.int64))
-    losses = []
-    for start in range(0, len(indices), cfg.train.micro_batch_size):
-        batch = make_batch(dataset, indices[start:start + cfg.train.micro_batch_size], eod_id)
-        with autocast(cfg.train.bf16):
-            losses.append(float(model(batch.tokens, batch.position_ids, batch.targets)) * len(batch.tokens))
-    model.train()
-    return sum(losses) / len(indices)
+    mine = indices[job.dp_rank::job.topology.dp]
+    mbs = cfg.train.micro_batch_size
+    total = pipe.evaluate([make_batch(dataset, mine[s:s + mbs], eod_id) for s in range(0, len(mine), mbs)])
+    return job_mean(job, total) * job.topology.dp / len(indices)
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def report_timeline(job: Job, pipe: Pipeline, cfg: Config, run_dir: Path, logger, step: int) -> None:
+    """Write timeline.json/png of this step and print each stage's idle share beside 1F1B's bubble."""
+    p, m = job.topology.pp, cfg.num_microbatches
+    title = f"{cfg.name}: step {step}, pp {p} x dp {job.topology.dp}, {m} micro-batches per step"
+    shares = save_timeline(job.groups.pp, pipe.timeline, run_dir, job.is_main, title)
+    pipe.timeline = None
+    if shares is not None:
+        logger.say(f"timeline of step {step} in {run_dir}/timeline.png: idle share per stage "
+                   + ", ".join(f"{100 * x:.0f}%" for x in shares)
+                   + f" (1F1B bubble (p-1)/(m+p-1) = {100 * (p - 1) / (m + p - 1):.0f}%)")
+
+
+def job_mean(job: Job, value: float | None) -> float:
+    """The mean over dp replicas of a number the last pipeline stage has, on every rank."""
+    total = torch.tensor([value or 0.0], dtype=torch.float64)
+    if job.pp_rank == job.topology.pp - 1:
+        job.groups.dp.all_reduce(total)
+    job.groups.pp.broadcast(total, root=job.topology.pp - 1)
+    return float(total) / job.topology.dp

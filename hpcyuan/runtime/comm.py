@@ -27,7 +27,9 @@ payload below):
     all_gather        (n-1)/n * S   S = the full output (n blocks)
     broadcast         (n-1)/n * S   S = the buffer (scatter + all-gather broadcast, averaged over ranks)
     send / isend              S     recv / irecv / barrier: 0
-so data parallel's all_reduce of Psi fp32 gradients counts 2 (n-1)/n * 4 Psi bytes and ZeRO's
+A reduce-scatter with uneven blocks (`ireduce_scatter`) counts S minus this rank's own block: what
+a ring sends; over buckets that tile a flat buffer it adds up to the even formula above. Hence
+data parallel's all_reduce of Psi fp32 gradients counts 2 (n-1)/n * 4 Psi bytes and ZeRO's
 reduce_scatter + all_gather the same, the ZeRO paper's 2 Psi (elements) per step. `payload_bytes`
 is S itself; `seconds` is the time the caller spent blocked (for a non-blocking op: inside wait()).
 """
@@ -73,6 +75,11 @@ class Request:
         self._keep = keep  # buffers MPI still reads or writes: alive until completion
         self._done = False
 
+    def test(self) -> bool:
+        """Drive MPI progress without blocking (MPICH advances non-blocking collectives only inside MPI
+        calls); True once the operation is complete. `wait()` must still be called for the result."""
+        return self._done or bool(self._req.Test())
+
     def wait(self) -> torch.Tensor:
         if not self._done:
             self._comm._wait(self._req, self._op)
@@ -113,11 +120,11 @@ class Comm:
     def reset_stats(self) -> None:
         self._stats.clear()
 
-    def _count(self, op: str, payload: int, seconds: float = 0.0, calls: int = 1) -> None:
+    def _count(self, op: str, payload: int, seconds: float = 0.0, calls: int = 1, wire: int | None = None) -> None:
         s = self._stats.setdefault(op, OpStats())
         s.calls += calls
         s.payload_bytes += payload
-        s.bytes += modelled_wire_bytes(op, payload, self.size)
+        s.bytes += modelled_wire_bytes(op, payload, self.size) if wire is None else wire
         s.seconds += seconds
 
     def _wait(self, request: MPI.Request, op: str) -> None:
@@ -160,6 +167,19 @@ class Comm:
         self._wait(self.mpi.Ireduce_scatter_block(src, dst, MPI.SUM), "reduce_scatter")
         _copy_back(out, dst)()
         return out
+
+    def ireduce_scatter(self, tensor: torch.Tensor, counts: list[int], out: torch.Tensor) -> Request:
+        """Non-blocking SUM over ranks of `tensor`, cut into consecutive blocks of `counts[r]` elements
+        (any sizes, zeros allowed); rank r receives block r in `out` (counts[rank] elements, same
+        dtype). ZeRO's gradient buckets use it: a bucket meets each rank's shard unevenly."""
+        if sum(counts) != tensor.numel() or len(counts) != self.size:
+            raise ValueError(f"ireduce_scatter: counts {counts} must give each of {self.size} ranks a block "
+                             f"of the {tensor.numel()} elements")
+        _check_block(out, counts[self.rank], "ireduce_scatter")
+        src, dst = _reducible(tensor), _reducible(out)
+        self._count("reduce_scatter", _nbytes(src), wire=src.element_size() * (src.numel() - counts[self.rank]))
+        req = self.mpi.Ireduce_scatter(src, dst, list(counts), MPI.SUM)
+        return Request(self, "reduce_scatter", req, out, _copy_back(out, dst), keep=(src, dst))
 
     # -- transfers of raw bytes ----------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import time
 import traceback
 from typing import Callable, TypeVar
 
-from hpcyuan.errors import HpcyuanError
+from hpcyuan.errors import EveryRankError, HpcyuanError
 
 EXIT_CRASH = 1
 EXIT_USER_ERROR = 2
@@ -108,7 +108,8 @@ def run_main(fn: Callable[..., T], *args, **kwargs) -> T:
     except CollectiveTimeout as exc:
         _report(str(exc), EXIT_COLLECTIVE_TIMEOUT, name_rank=False)  # its message names the rank
     except HpcyuanError as exc:
-        _report(str(exc), EXIT_USER_ERROR)
+        quiet = isinstance(exc, EveryRankError) and _world_rank_size()[0] != 0  # rank 0 says it for all
+        _report("" if quiet else str(exc), EXIT_USER_ERROR)
     except BaseException:  # noqa: BLE001 - a crash on one rank must end every rank, whatever it is
         _report("raised:\n" + traceback.format_exc().rstrip(), EXIT_CRASH)
     raise AssertionError("unreachable: _report ends the process")
@@ -117,7 +118,10 @@ def run_main(fn: Callable[..., T], *args, **kwargs) -> T:
 def _report(message: str, code: int, name_rank: bool = True) -> None:
     rank, size = _world_rank_size()
     if message:
-        prefix = f"hpcyuan: rank {rank}/{size}: " if size > 1 and name_rank else "hpcyuan: "
+        if not name_rank:  # the message names the rank itself
+            prefix = "hpcyuan: "
+        else:  # in a job the failing rank, on one process the CLI's "hpcyuan: error: ..."
+            prefix = f"hpcyuan: rank {rank}/{size}: " if size > 1 else "hpcyuan: error: "
         # One write, so lines of different ranks do not interleave inside this message.
         sys.stderr.write(prefix + message + "\n")
     sys.stderr.flush()
