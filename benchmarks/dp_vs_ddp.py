@@ -1,7 +1,7 @@
 """hpcyuan data parallel (dp = 2, ZeRO-1, MPI) against PyTorch DDP + ZeroRedundancyOptimizer (gloo) and
 against one process, on the same Yuan model and global batch, measured in one run.
 
-    .venv/bin/python benchmarks/dp_vs_ddp.py              # ~2 minutes on 2 cores
+    .venv/bin/python benchmarks/dp_vs_ddp.py              # ~4 minutes on 2 cores
     .venv/bin/python benchmarks/dp_vs_ddp.py --steps 4    # quicker, noisier
 
 Runs, one after another (nothing else should run on the machine):
@@ -11,7 +11,8 @@ Runs, one after another (nothing else should run on the machine):
   1 process 2 thr.    hpcyuan on one process with 2 threads, the whole global batch
   1 rank 1 thread     hpcyuan on one process with 1 thread and half the global batch: the ideal
                       dp=2 rate is twice this one (parallel efficiency)
-Every run trains the `demo` preset's model (5.3M parameters) on the real Shakespeare data, fp32,
+Every run trains the `demo` preset's model (5.3M parameters; pp = 1, micro-batches of 8) on the real
+Shakespeare data, fp32,
 kernels as built; it times `--steps` optimizer steps after 2 warm-up steps (median step time).
 Printed: tokens/s, the goals of issue [B1] as ratios, bytes sent per step per rank against the
 ZeRO paper's 2 Psi (ring: 2 (n-1)/n x 4 Psi bytes), optimizer memory against 12 Psi / n.
@@ -51,9 +52,10 @@ def worker(kind: str, steps: int, ranks: int) -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     dp = 2 if kind in ("hpcyuan", "ddp") else 1
-    cfg = load_config(PRESET, [f"parallel.dp={dp}"])
+    layout = ["parallel.pp=1", "train.micro_batch_size=8"]  # data parallel only, 2 micro-batches per rank
+    cfg = load_config(PRESET, [*layout, f"parallel.dp={dp}"])
     if kind == "one_rank":  # one of dp=2's ranks, working alone: half the global batch
-        cfg = load_config(PRESET, [f"train.global_batch_size={cfg.train.global_batch_size // 2}"])
+        cfg = load_config(PRESET, [*layout, "parallel.dp=1", f"train.global_batch_size={cfg.train.global_batch_size // 2}"])
     eod_id = check_data(cfg)["eod_id"]
     dataset = TokenDataset(cfg.data.dir, "train", cfg.model.seq_length)
     sampler = GlobalSampler(dataset.num_samples, cfg.train.global_batch_size, cfg.data.seed)
@@ -168,7 +170,7 @@ def run(kind: str, ranks: int, threads: int, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run (after 2 warm-up)")
+    parser.add_argument("--steps", type=int, default=16, help="timed optimizer steps per run (after 2 warm-up)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

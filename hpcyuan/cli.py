@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Model and assumptions: docs/planner.md.")
     add_config_args(plan)
     plan.add_argument("--memory-gib", type=float, metavar="GIB", help="memory cap per rank (default: none)")
-    plan.add_argument("--recompute-layers", default="0", metavar="N|all",
-                      help="recompute the first N layers of every stage in backward (default 0; all = full)")
+    plan.add_argument("--recompute-layers", metavar="N|all",
+                      help="recompute the first N layers of every stage in backward (default: the config's "
+                           "parallel.recompute_layers; all = full)")
     plan.add_argument("--machine", default="gpu", choices=["gpu", "cpu"],
                       help="assumed speed of a rank (default gpu: an H100-class device in bf16)")
     plan.set_defaults(handler=run_plan)
@@ -198,8 +199,8 @@ def run_plan(args) -> int:
     from hpcyuan.parallel.partition import report
 
     text = args.recompute_layers
-    if text != "all" and not text.isdigit():
+    if text is not None and text != "all" and not text.isdigit():
         raise HpcyuanError(f"--recompute-layers {text}: expected a number of layers >= 0 or 'all'")
-    recompute = cfg.model.num_layers if text == "all" else int(text)
+    recompute = None if text is None else cfg.model.num_layers if text == "all" else int(text)
     print(report(cfg, args.memory_gib, args.machine, recompute))
     return 0

@@ -122,6 +122,9 @@ class ParallelConfig:
     zero_stage: int = 1
     """0: plain data parallel; 1: optimizer states and fp32 master weights sharded over dp;
     2: gradients sharded too."""
+    recompute_layers: int = 0
+    """Decoder layers of each stage, counted from its first, whose activations are recomputed in
+    backward instead of kept (block recompute); >= the stage's layers recomputes all of them."""
     bucket_mb: float = 25.0
     """MiB of fp32 gradients per data-parallel reduction bucket (reductions overlap backward)."""
     timeout_s: float = 600.0
@@ -129,6 +132,7 @@ class ParallelConfig:
 
     def __post_init__(self):
         _positive(self, "pp", "dp", "bucket_mb", "timeout_s")
+        _check(self.recompute_layers >= 0, "recompute_layers", self.recompute_layers, "must be >= 0 (0: none)")
         _check(self.zero_stage in (0, 1, 2), "zero_stage", self.zero_stage, "must be 0, 1 or 2")
         if self.layers_per_stage:
             _check(len(self.layers_per_stage) == self.pp, "layers_per_stage", list(self.layers_per_stage),

@@ -73,7 +73,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     # Model and optimizer: weights are a pure function of (seed, parameter name).
     ops.set_kernels(cfg.train.kernels)
     torch.manual_seed(cfg.train.seed)  # dropout stream
-    model = build_stage(cfg.model, job.topology, job.pp_rank)
+    model = build_stage(cfg.model, job.topology, job.pp_rank, cfg.parallel.recompute_layers)
     model.init_weights(cfg.train.seed)
     pipe = Pipeline(model, job.groups.pp, job.pp_rank, job.topology.pp, cfg)
     tied = tied_embedding(model)
@@ -86,12 +86,13 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.train.steps, enabled=job.is_main)
     params = count_parameters(cfg.model)
-    peak = cfg.train.peak_tflops * 1e12 or measure_peak_flops(torch.bfloat16 if cfg.train.bf16 else torch.float32)
+    peak = cfg.train.peak_tflops * 1e12 or measured_peak(job, cfg)
     throughput = Throughput(training_flops_per_token(cfg.model), peak * job.topology.world_size)
+    split = f" | layers per stage {list(job.topology.layers_per_stage)}" if job.topology.pp > 1 else ""
     logger.say(
         f"hpcyuan train: {cfg.name} | {params.total / 1e6:.2f}M parameters ({params.active / 1e6:.2f}M active)"
         f" | {job.topology.world_size} rank{'s' * (job.topology.world_size > 1)} (pp {job.topology.pp} x dp "
-        f"{job.topology.dp}, ZeRO-{cfg.parallel.zero_stage}, kernels: {ops.kernels_in_use()})"
+        f"{job.topology.dp}, ZeRO-{cfg.parallel.zero_stage}, kernels: {ops.kernels_in_use()}){split}"
         f" | {len(train_set.tokens):,} train tokens | global batch {cfg.train.global_batch_size} x "
         f"{cfg.model.seq_length} tokens in {cfg.num_microbatches} micro-batches | {cfg.train.steps} steps"
         f" | peak {peak / 1e9:.1f} GFLOP/s per rank for MFU"
@@ -174,6 +175,17 @@ def evaluate(pipe: Pipeline, dataset, eod_id: int, cfg: Config, job: Job) -> flo
     mbs = cfg.train.micro_batch_size
     total = pipe.evaluate([make_batch(dataset, mine[s:s + mbs], eod_id) for s in range(0, len(mine), mbs)])
     return job_mean(job, total) * job.topology.dp / len(indices)
+
+
+def measured_peak(job: Job, cfg: Config) -> float:
+    """One rank's matmul FLOP/s, measured on the main rank while the others wait asleep (a peak
+    measured beside busy ranks would be theirs to share). With more ranks x threads than cores on a
+    node, MFU against world_size x this peak is understated."""
+    job.groups.world.barrier()
+    peak = torch.zeros(1, dtype=torch.float64)
+    if job.is_main:
+        peak += measure_peak_flops(torch.bfloat16 if cfg.train.bf16 else torch.float32)
+    return float(job.groups.world.broadcast(peak))  # the others wait in here, asleep
 
 
 def report_timeline(job: Job, pipe: Pipeline, cfg: Config, run_dir: Path, logger, step: int) -> None:

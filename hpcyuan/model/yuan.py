@@ -24,6 +24,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hpcyuan.config import ModelConfig
 from hpcyuan.errors import HpcyuanError
@@ -67,6 +68,8 @@ class YuanStage(nn.Module):
         self.config = config
         self.first_layer, self.num_layers = first_layer, num_layers
         self.has_embedding, self.has_head = has_embedding, has_head
+        self.recompute_layers = 0
+        """The first this many layers recompute their activations in backward (parallel.recompute_layers)."""
         h, V = config.hidden_size, config.vocab_size
         if has_embedding:
             self.embedding = nn.Embedding(V, h)
@@ -93,8 +96,12 @@ class YuanStage(nn.Module):
         cfg = self.config
         x = self.embedding(inputs) if self.has_embedding else inputs  # (B, T, h)
         cos, sin = rope_cos_sin(position_ids, cfg.rotary_dim, cfg.rotary_base, cfg.rope_bf16_angles)
-        for layer in self.layers.values():
-            x = layer(x, cos, sin)
+        for i, layer in enumerate(self.layers.values()):
+            if i < self.recompute_layers and torch.is_grad_enabled():
+                # keep only the layer's input; backward runs its forward again (RNG state restored)
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin)
         if not self.has_head:
             return x
         logits = F.linear(self.final_norm(x), self.head_weight())  # (B, T, V)

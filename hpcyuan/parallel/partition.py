@@ -233,12 +233,15 @@ class CostModel:
     machine: Machine
 
     @classmethod
-    def from_config(cls, cfg: Config, machine: str | Machine = "gpu", recompute_layers: int = 0,
+    def from_config(cls, cfg: Config, machine: str | Machine = "gpu", recompute_layers: int | None = None,
                     flash: bool = True) -> "CostModel":
+        """`recompute_layers` defaults to the config's parallel.recompute_layers."""
         if isinstance(machine, str):
             if machine not in MACHINES:
                 raise HpcyuanError(f"unknown machine '{machine}': known are {', '.join(MACHINES)}")
             machine = MACHINES[machine]
+        if recompute_layers is None:
+            recompute_layers = cfg.parallel.recompute_layers
         if recompute_layers < 0:
             raise HpcyuanError(f"recompute_layers = {recompute_layers}: must be >= 0")
         tokens = cfg.train.micro_batch_size * cfg.model.seq_length
@@ -429,7 +432,8 @@ def _size(nbytes: float) -> str:
     return f"{nbytes / GiB:.1f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.1f} MiB"
 
 
-def report(cfg: Config, memory_cap_gib: float | None = None, machine: str = "gpu", recompute_layers: int = 0) -> str:
+def report(cfg: Config, memory_cap_gib: float | None = None, machine: str = "gpu",
+           recompute_layers: int | None = None) -> str:
     """What `hpcyuan plan` prints: the planned split beside the uniform one (and the config's own)."""
     model = CostModel.from_config(cfg, machine=machine, recompute_layers=recompute_layers)
     cap = None if memory_cap_gib is None else memory_cap_gib * GiB

@@ -32,11 +32,14 @@ from hpcyuan.runtime.topology import Topology
 ACTIVATION, GRADIENT = 1, 2  # MPI tags of the two channels between neighbouring stages
 
 
-def build_stage(model_cfg: ModelConfig, topology: Topology, pp_rank: int) -> YuanStage:
-    """This stage's slice of the model: its layers, the embedding on stage 0, the head on the last."""
+def build_stage(model_cfg: ModelConfig, topology: Topology, pp_rank: int, recompute_layers: int = 0) -> YuanStage:
+    """This stage's slice of the model: its layers, the embedding on stage 0, the head on the last;
+    its first `recompute_layers` layers recompute their activations in backward."""
     layers = topology.stage_layers(pp_rank)
-    return YuanStage(model_cfg, layers.start, len(layers), has_embedding=pp_rank == 0,
-                     has_head=pp_rank == topology.pp - 1)
+    stage = YuanStage(model_cfg, layers.start, len(layers), has_embedding=pp_rank == 0,
+                      has_head=pp_rank == topology.pp - 1)
+    stage.recompute_layers = recompute_layers
+    return stage
 
 
 def tied_embedding(stage: YuanStage) -> tuple[str, ...]:

@@ -12,9 +12,9 @@ The same code runs on one process (`hpcyuan train`, an MPI singleton of one rank
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from hpcyuan.config import Config
+from hpcyuan.config import Config, ParallelConfig
 from hpcyuan.errors import EveryRankError, HpcyuanError
 from hpcyuan.runtime.comm import Comm
 from hpcyuan.runtime.topology import Groups, Topology, build_groups
@@ -33,7 +33,7 @@ class Job:
     def start(cls, cfg: Config) -> "Job":
         world = Comm.world(timeout_s=cfg.parallel.timeout_s)
         try:
-            topology = Topology.for_world(cfg.parallel, cfg.model.num_layers, world.size)
+            topology = Topology.for_world(planned_parallel(cfg), cfg.model.num_layers, world.size)
         except HpcyuanError as err:
             raise EveryRankError(str(err)) from None
         pp_rank, dp_rank = topology.coords(world.rank)
@@ -49,3 +49,16 @@ class Job:
     @property
     def is_main(self) -> bool:
         return self.groups.world.rank == 0
+
+
+def planned_parallel(cfg: Config) -> ParallelConfig:
+    """cfg.parallel with layers_per_stage filled in by the stage planner when the config does not pin
+    it (parallel/partition.py; a pure function of the config, so every rank gets the same split)."""
+    if cfg.parallel.layers_per_stage or cfg.parallel.pp == 1:
+        return cfg.parallel
+    import torch
+
+    from hpcyuan.parallel.partition import CostModel, plan
+
+    machine = "gpu" if torch.cuda.is_available() else "cpu"
+    return replace(cfg.parallel, layers_per_stage=plan(cfg, model=CostModel.from_config(cfg, machine)).layers_per_stage)

@@ -25,7 +25,7 @@ PIPELINE = [("tiny", 2, 2, 1, ""), ("tiny", 4, 1, 1, ""), ("tiny", 2, 1, 1, "1,3
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("preset,pp,dp,zero_stage,layers", DATA_PARALLEL + PIPELINE,
-                         ids=lambda v: str(v) if v != "" else "uniform")
+                         ids=lambda v: str(v) if v != "" else "planned")
 def test_parallel_training_equals_one_process(shakespeare_512, preset, pp, dp, zero_stage, layers):
     args = [preset, str(pp), str(dp), str(zero_stage), "20"] + ([layers] if layers else [])
     result = run_ranks(pp * dp, "parallel_exactness.py", *args, timeout_s=280)
