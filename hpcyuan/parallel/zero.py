@@ -102,11 +102,11 @@ class ZeroAdamW:
         """L2 norm of the dp-mean gradient over the whole model, from one all-reduce of one number."""
         shard = self.flat.shard(self.dp.rank)
         block = self.sync.grad[shard.start:shard.end] if self.zero_stage == 0 else self.sync.grad_shard
-        sum_sq = torch.linalg.vector_norm(block, dtype=torch.float64).square().reshape(1)
+        parts = [block]
         tied = self.flat.tied and self.flat.tied.intersect(shard)
-        if self._norm_skips_tied and tied:  # the first stage counts the tied embedding
-            sum_sq -= torch.linalg.vector_norm(block[tied.start - shard.start:tied.end - shard.start],
-                                               dtype=torch.float64).square()
+        if self._norm_skips_tied and tied:  # the first stage counts the tied embedding, not this copy
+            parts = [block[:tied.start - shard.start], block[tied.end - shard.start:]]
+        sum_sq = sum(torch.linalg.vector_norm(part, dtype=torch.float64).square() for part in parts).reshape(1)
         self.world.all_reduce(sum_sq)
         return math.sqrt(float(sum_sq)) / self.dp.size
 

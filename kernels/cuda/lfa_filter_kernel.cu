@@ -6,6 +6,7 @@
 //   row, so each block accumulates its own column-sum partial row (no atomics), summed by sum_partials_kernel.
 #include <cuda_bf16.h>
 
+#include "acc_type.cuh"
 #include "lfa_filter_kernel.h"
 
 namespace {
@@ -13,18 +14,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 512;       // passes 3 and 4 (partial rows)
 constexpr int64_t kMaxGridStride = 8192;  // pass 1
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16(v);
-}
 
 // sum of each thread's `v` over the block, broadcast to every thread
 template <typename A> __device__ A block_sum(A v) {

@@ -4,24 +4,13 @@
 // second kernel sums the partials over blocks.
 #include <cuda_bf16.h>
 
+#include "acc_type.cuh"
 #include "rms_norm_kernel.h"
 
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBwdBlocks = 512;
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
-  return static_cast<typename Acc<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16(v);
-}
 
 // sum over the block of each thread's `v` (two values at once); result broadcast to every thread
 template <typename A> __device__ void block_sum2(A& a, A& b) {
