@@ -20,9 +20,10 @@ yuan-102b, yuan-m32, ...) or a path. Typical use:
 
   hpcyuan config show yuan-102b          shapes, parameter count, parallel layout
   hpcyuan data prepare --config demo     build the tokenizer and token files, offline
-  hpcyuan train --config demo            train on one process, printing a progress line
-  hpcyuan launch -n 2 -- train --config demo --set parallel.dp=2
-                                         the same on 2 local MPI ranks (data parallel, ZeRO-1)
+  hpcyuan train --config demo --set parallel.pp=1 --set parallel.dp=1
+                                         train on one process, printing a progress line
+  hpcyuan launch -n 4 -- train --config demo
+                                         on 4 local MPI ranks (the demo's pp = 2 x dp = 2)
 
 On a cluster, start `hpcyuan train` with `srun --mpi=pmi2` (or mpiexec) directly: every rank runs it
 and MPI says how many there are; parallel.pp x parallel.dp must equal that number.
@@ -73,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         "launch", help="run an hpcyuan command on N local MPI ranks (mpiexec)",
         description="Run `hpcyuan COMMAND ...` on N ranks of this machine through mpiexec (the one from "
                     "the mpich wheel in this Python's environment, else the first on PATH), with "
-                    "OMP_NUM_THREADS = cores / N unless set. Example: hpcyuan launch -n 2 -- train "
-                    "--config demo --set parallel.dp=2. On a cluster use srun --mpi=pmi2 instead.")
+                    "OMP_NUM_THREADS = cores / N unless set. Example: hpcyuan launch -n 4 -- train "
+                    "--config demo (4 ranks: the demo's pp = 2 x dp = 2). On a cluster use srun --mpi=pmi2 instead.")
     launch.add_argument("-n", "--ranks", type=int, required=True, metavar="N", help="number of MPI ranks")
     launch.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
                         help="the hpcyuan command line to run on every rank")

@@ -1,7 +1,7 @@
 """The training loop: the one place that wires config, data, model, optimizer and metrics together.
 
-    hpcyuan train --config configs/demo.toml                       # one process
-    hpcyuan launch -n 2 -- train --config demo --set parallel.dp=2  # 2 MPI ranks (or srun --mpi=pmi2)
+    hpcyuan train --config tiny                   # one process
+    hpcyuan launch -n 4 -- train --config demo    # 4 MPI ranks: pp = 2 x dp = 2 (or srun --mpi=pmi2)
 
 Read it top to bottom: `train()` builds everything, then each step runs
 lr -> forward/backward over micro-batches (the pipeline schedule; one stage when pp = 1) ->

@@ -27,7 +27,7 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0]
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["data", "prepare"], ["config", "show"]])
+@pytest.mark.parametrize("args", [[], ["train"], ["launch"], ["plan"], ["data", "prepare"], ["config", "show"]])
 def test_help_explains_each_command(args):
     proc = hpcyuan(*args, "--help")
     assert proc.returncode == 0
@@ -86,3 +86,11 @@ def test_sequence_longer_than_the_data(shakespeare_512):
     proc = hpcyuan("train", "--config", "tiny", "--set", f"data.dir={shakespeare_512}",
                    "--set", "model.seq_length=100000000", "--run-dir", "/tmp/hpcyuan-never")
     assert_one_line_error(proc, "seq_length", "100000000")
+
+
+def test_launch_without_a_command():
+    assert_one_line_error(hpcyuan("launch", "-n", "2"), "name the hpcyuan command to run")
+
+
+def test_launch_with_no_ranks():
+    assert_one_line_error(hpcyuan("launch", "-n", "0", "--", "config", "list"), "need at least one rank")
