@@ -1,6 +1,6 @@
 """ZeroAdamW on one rank against torch.optim.AdamW, and the flat buffer it shards.
 
-The multi-rank exactness (dp = 2, 4; ZeRO 0/1/2) is tests/mpi/test_dp.py; here one rank shows the
+The multi-rank exactness (dp = 2, 4; ZeRO 0/1/2) is tests/mpi/test_parallel.py; here one rank shows the
 update itself: every ZeRO stage gives torch.optim.AdamW(foreach) + clip_grad_norm_ within 1e-6 over
 several steps with clipping active and both weight-decay groups, and a non-finite gradient changes
 nothing.

@@ -1,0 +1,84 @@
+"""What one rank saves and how any rank loads it back: the training state as pieces of logical tensors.
+
+    pieces = rank_pieces(optimizer, stage_rank_info)   # this rank's share: (name, kind, shape, start, stop, data)
+    load_rank_state(optimizer, read)                   # read(kind, name, start, stop) -> 1-D numpy array
+
+A piece is a contiguous range [start, stop) of the *flattened* global tensor of one logical parameter
+(`embedding.weight`, `layers.3.attn.q_proj.weight`, ...) and one kind: the weight itself, or the
+optimizer's fp32 master copy and Adam moments. This works because every pipeline stage keeps its
+parameters as views into one flat buffer and each dp rank owns one contiguous block of it
+(parallel/flat.py): a block cuts parameters only into flat ranges. Nothing about the writing layout
+(pp, dp, layers_per_stage, ZeRO stage, bucket sizes) is needed to load, so any layout loads any other.
+
+Who writes what, so that every range is written exactly once:
+  - each dp rank writes its own block (flat.shard(dp_rank)) of weights, master, m and v, whatever the
+    ZeRO stage (with stage 0 every rank holds everything; the block split still divides the writing);
+  - the tied embedding's copy on the last pipeline stage (`lm_head.weight`, logical name
+    `embedding.weight`) is not written: the first stage writes it, and both load it;
+  - padding is never written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+KINDS = ("weight", "master", "exp_avg", "exp_avg_sq")
+TIED_LOGICAL = "embedding.weight"
+
+
+@dataclass(frozen=True)
+class StatePiece:
+    name: str
+    """The logical parameter name (the tied head copy is `embedding.weight`)."""
+    kind: str
+    shape: tuple[int, ...]
+    """The global shape of the parameter."""
+    start: int
+    stop: int
+    data: torch.Tensor
+    """1-D, stop - start elements: a view into the live state (copy it before training goes on)."""
+
+
+def logical(name: str) -> str:
+    return TIED_LOGICAL if name == "lm_head.weight" else name
+
+
+def rank_pieces(optimizer, dp_rank: int) -> list[StatePiece]:
+    """This rank's pieces of every kind (see the module docstring for who writes what)."""
+    flat = optimizer.flat
+    block = flat.shard(dp_rank)
+    sources = {"weight": flat.data, "master": optimizer.master, "exp_avg": optimizer.exp_avg,
+               "exp_avg_sq": optimizer.exp_avg_sq}
+    pieces = []
+    for seg in flat.segments:
+        if seg.name == "lm_head.weight":
+            continue  # the first stage writes the tied embedding
+        part = seg.region.intersect(block)
+        if part is None:
+            continue
+        for kind in KINDS:
+            source, offset = sources[kind], 0 if kind == "weight" else optimizer.owned.start
+            pieces.append(StatePiece(logical(seg.name), kind, seg.shape, part.start - seg.start,
+                                     part.end - seg.start, source[part.start - offset:part.end - offset]))
+    return pieces
+
+
+def load_rank_state(optimizer, read: Callable[[str, str, int, int], np.ndarray]) -> None:
+    """Fill this rank's weights (all of its stage's parameters) and optimizer block from a checkpoint
+    written by any layout; `read(kind, name, start, stop)` returns that flat range of a tensor."""
+    flat = optimizer.flat
+    for seg in flat.segments:
+        name = logical(seg.name)
+        flat.data[seg.start:seg.start + seg.numel].copy_(torch.from_numpy(read("weight", name, 0, seg.numel)))
+        part = seg.region.intersect(optimizer.owned)
+        if part is None:
+            continue
+        for kind, target in (("master", optimizer.master), ("exp_avg", optimizer.exp_avg),
+                             ("exp_avg_sq", optimizer.exp_avg_sq)):
+            values = read(kind, name, part.start - seg.start, part.end - seg.start)
+            target[part.start - optimizer.owned.start:part.end - optimizer.owned.start].copy_(torch.from_numpy(values))
