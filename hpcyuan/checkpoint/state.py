@@ -20,36 +20,23 @@ Who writes what, so that every range is written exactly once:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from hpcyuan.checkpoint.format import Piece
 
-KINDS = ("weight", "master", "exp_avg", "exp_avg_sq")
 TIED_LOGICAL = "embedding.weight"
-
-
-@dataclass(frozen=True)
-class StatePiece:
-    name: str
-    """The logical parameter name (the tied head copy is `embedding.weight`)."""
-    kind: str
-    shape: tuple[int, ...]
-    """The global shape of the parameter."""
-    start: int
-    stop: int
-    data: torch.Tensor
-    """1-D, stop - start elements: a view into the live state (copy it before training goes on)."""
 
 
 def logical(name: str) -> str:
     return TIED_LOGICAL if name == "lm_head.weight" else name
 
 
-def rank_pieces(optimizer, dp_rank: int) -> list[StatePiece]:
-    """This rank's pieces of every kind (see the module docstring for who writes what)."""
+def rank_pieces(optimizer, dp_rank: int) -> list[Piece]:
+    """This rank's pieces of every kind (see the module docstring for who writes what). Their data
+    are numpy views of the live state: copy them before training goes on."""
     flat = optimizer.flat
     block = flat.shard(dp_rank)
     sources = {"weight": flat.data, "master": optimizer.master, "exp_avg": optimizer.exp_avg,
@@ -61,10 +48,10 @@ def rank_pieces(optimizer, dp_rank: int) -> list[StatePiece]:
         part = seg.region.intersect(block)
         if part is None:
             continue
-        for kind in KINDS:
-            source, offset = sources[kind], 0 if kind == "weight" else optimizer.owned.start
-            pieces.append(StatePiece(logical(seg.name), kind, seg.shape, part.start - seg.start,
-                                     part.end - seg.start, source[part.start - offset:part.end - offset]))
+        for kind, source in sources.items():
+            offset = 0 if kind == "weight" else optimizer.owned.start
+            data = source[part.start - offset:part.end - offset].detach().numpy()
+            pieces.append(Piece(logical(seg.name), kind, seg.shape, part.start - seg.start, part.end - seg.start, data))
     return pieces
 
 

@@ -1,0 +1,228 @@
+"""The on-disk checkpoint format, version 1: names, the `Piece` a rank writes, and the checks every
+writer and reader shares. Pure Python + numpy + h5py, no MPI. Full description with the directory
+tree: docs/checkpoint-format.md.
+
+    step_00001234/
+      shard_00000.h5    # /{kind}/{name}/{start}_{stop}: 1-D pieces of flattened global tensors
+      shard_00001.h5
+      index.h5          # /{kind}/{name}: 1-D virtual dataset of the whole flattened tensor
+      state.h5          # small arrays the caller gives (RNG states ...), optional
+      meta.json         # step, consumed samples, config, code version, layout (caller's dict)
+      manifest.json     # written last: format version, every file's size and crc32, every piece
+    latest -> step_00001234
+
+A piece is the flat element range [start, stop) of one logical tensor (`layers.3.attn.q_proj.weight`)
+of one kind (weight, fp32 master, Adam exp_avg / exp_avg_sq), which is exactly what a ZeRO rank owns:
+a contiguous region of the flat buffer cut at parameter boundaries. Each tensor must be covered by the
+pieces of all ranks exactly once (`check_coverage`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hpcyuan.errors import HpcyuanError
+
+FORMAT_VERSION = 1
+KINDS = ("weight", "master", "exp_avg", "exp_avg_sq")
+INDEX, META, MANIFEST, STATE, LATEST = "index.h5", "meta.json", "manifest.json", "state.h5", "latest"
+CHECKSUM = "crc32"  # of each whole file, hex; zlib.crc32 runs at GB/s, sha256 would cost a pass more
+
+# Datasets are chunked so HDF5 can checksum them (fletcher32); 4 MiB chunks make that about free
+# (h5py's automatic 32 KiB chunks cost 2-3x in write speed, measured for issue [C]).
+CHUNK_BYTES = 4 << 20
+
+# Logical dtype -> the numpy dtype it is stored as. bfloat16 has no numpy type: the caller passes its
+# bits as uint16 (`tensor.view(torch.int16).numpy().view(np.uint16)`) and the dataset carries
+# attr dtype = "bfloat16" so a reader can view them back.
+STORAGE = {
+    "float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "uint16",
+    "int64": "int64", "int32": "int32", "uint8": "uint8", "uint16": "uint16",
+}
+
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def tmp_dir_name(step: int) -> str:
+    return f"step_{step:08d}.tmp"
+
+
+def shard_file_name(rank: int) -> str:
+    return f"shard_{rank:05d}.h5"
+
+
+def parse_step(name: str) -> int | None:
+    """The step of a committed checkpoint directory name (`step_00001234` -> 1234), else None."""
+    m = _STEP_DIR.match(name)
+    return int(m.group(1)) if m else None
+
+
+def dataset_path(kind: str, name: str, start: int, stop: int) -> str:
+    """Where a piece lives in its shard file."""
+    return f"/{kind}/{name}/{start}_{stop}"
+
+
+def open_h5(path) -> h5py.File:
+    """An HDF5 file opened for reading without HDF5's file locks: on Lustre/NFS they fail ("unable to
+    lock file") or hang, and a committed checkpoint is never written again, so they protect nothing.
+    (The writer creates files through writer._create_h5, also without locks.)"""
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as e:
+        raise HpcyuanError(f"{path}: cannot open HDF5 file ({_one_line(e)})") from e
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+@dataclass(frozen=True)
+class PieceInfo:
+    """A piece without its data: what the manifest records and what `check_coverage` checks."""
+
+    kind: str
+    name: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+    dtype: str = "float32"
+
+    @property
+    def numel(self) -> int:
+        """Elements of the whole global tensor."""
+        return math.prod(self.shape)
+
+    def to_json(self) -> list:
+        return [self.kind, self.name, list(self.shape), self.start, self.stop, self.dtype]
+
+    @staticmethod
+    def from_json(row: list) -> "PieceInfo":
+        kind, name, shape, start, stop, dtype = row
+        return PieceInfo(kind, name, tuple(int(s) for s in shape), int(start), int(stop), dtype)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Elements [start, stop) of the flattened global tensor `name` (global shape `shape`) of one
+    `kind`; `data` is 1-D with stop - start elements. `dtype` is the logical dtype, by default the
+    data's own ("bfloat16" needs uint16 data, see STORAGE)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+    data: np.ndarray = field(repr=False)
+    dtype: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        dtype = self.dtype or self.data.dtype.name
+        object.__setattr__(self, "dtype", dtype)
+        where = f"checkpoint piece {self.kind} {self.name} [{self.start}, {self.stop})"
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"{where}: a name is a dotted logical name without '/'")
+        if not 0 <= self.start < self.stop <= math.prod(self.shape):
+            raise ValueError(f"{where}: need 0 <= start < stop <= {math.prod(self.shape)} (shape {self.shape})")
+        if self.data.ndim != 1 or self.data.size != self.stop - self.start:
+            raise ValueError(f"{where}: data must be 1-D with {self.stop - self.start} elements, "
+                             f"got shape {self.data.shape}")
+        if dtype not in STORAGE or self.data.dtype != np.dtype(STORAGE[dtype]):
+            raise ValueError(f"{where}: dtype {dtype} stored as {self.data.dtype} is not supported "
+                             f"(supported: {', '.join(STORAGE)}; bfloat16 as uint16 bits)")
+
+    @property
+    def info(self) -> PieceInfo:
+        return PieceInfo(self.kind, self.name, self.shape, self.start, self.stop, self.dtype)
+
+
+@dataclass
+class ShardRecord:
+    """What one rank wrote: its file (relative name), size, checksum and pieces. JSON-serialisable so
+    the ranks can gather them over MPI as bytes (`to_bytes` / `from_bytes`)."""
+
+    file: str
+    bytes: int
+    checksum: str
+    pieces: list[PieceInfo]
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "bytes": self.bytes, CHECKSUM: self.checksum,
+                "pieces": [p.to_json() for p in self.pieces]}
+
+    @staticmethod
+    def from_json(d: dict) -> "ShardRecord":
+        return ShardRecord(d["file"], int(d["bytes"]), d[CHECKSUM], [PieceInfo.from_json(r) for r in d["pieces"]])
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_json()).encode()
+
+    @staticmethod
+    def from_bytes(b: bytes) -> "ShardRecord":
+        return ShardRecord.from_json(json.loads(b.decode()))
+
+
+def check_coverage(records: list[ShardRecord]) -> dict[tuple[str, str], list[tuple[PieceInfo, str]]]:
+    """{(kind, name): [(piece, file), ...] sorted by start} after checking that every tensor is covered
+    exactly once, with one shape and dtype. Raises HpcyuanError naming the tensor, the elements and
+    the files on an overlap (e.g. two dp replicas both wrote a weight range) or a gap."""
+    tensors: dict[tuple[str, str], list[tuple[PieceInfo, str]]] = {}
+    for rec in records:
+        for p in rec.pieces:
+            tensors.setdefault((p.kind, p.name), []).append((p, rec.file))
+    for (kind, name), pieces in tensors.items():
+        pieces.sort(key=lambda pf: pf[0].start)
+        first, first_file = pieces[0]
+        for p, f in pieces:
+            if (p.shape, p.dtype) != (first.shape, first.dtype):
+                raise HpcyuanError(f"checkpoint {kind} {name}: {f} writes shape {p.shape} {p.dtype} but "
+                                   f"{first_file} writes shape {first.shape} {first.dtype}")
+        end, end_file = 0, None
+        for p, f in pieces:
+            if p.start < end:
+                raise HpcyuanError(
+                    f"checkpoint {kind} {name}: elements [{p.start}, {min(end, p.stop)}) are written by both "
+                    f"{end_file} and {f}; each element must be written by exactly one rank "
+                    f"(dp replicas: let one write)")
+            if p.start > end:
+                raise HpcyuanError(f"checkpoint {kind} {name}: elements [{end}, {p.start}) of {p.numel} "
+                                   f"are written by no rank")
+            end, end_file = p.stop, f
+        if end != first.numel:
+            raise HpcyuanError(f"checkpoint {kind} {name}: elements [{end}, {first.numel}) of {first.numel} "
+                               f"are written by no rank")
+    return tensors
+
+
+def list_checkpoints(root) -> list[tuple[int, Path]]:
+    """Committed checkpoint directories under `root` as (step, path), oldest first. A `.tmp`
+    directory (a save in progress or killed) is never listed."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(parse_step(p.name), p) for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    return sorted((s, p) for s, p in found if s is not None)
+
+
+def read_latest(root) -> Path | None:
+    """The directory `root/latest` names (a symlink, or a file holding the name), else None."""
+    link = Path(root) / LATEST
+    try:
+        target = os.readlink(link) if link.is_symlink() else link.read_text().strip()
+    except OSError:
+        return None
+    return Path(root) / Path(target).name
