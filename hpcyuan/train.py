@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from hpcyuan import ops
+from hpcyuan.checkpoint.collective import restore, save
 from hpcyuan.config import Config
 from hpcyuan.data import GlobalSampler, TokenDataset, check_data, make_batch, micro_batches
 from hpcyuan.metrics import MetricsLogger, Throughput, format_duration, measure_peak_flops, plot_losses
@@ -81,9 +82,6 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
                           bucket_numel=int(cfg.parallel.bucket_mb * 2**20) // 4,
                           tied_params=tied, tied_group=job.embedding if tied else None)
 
-    # A run starts from step 0 (resuming arrives with checkpoints), so its metrics start afresh too.
-    if job.is_main:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     logger = MetricsLogger(run_dir / "metrics.jsonl", cfg.train.steps, enabled=job.is_main)
     params = count_parameters(cfg.model)
     peak = cfg.train.peak_tflops * 1e12 or measured_peak(job, cfg)
@@ -98,8 +96,14 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         f" | peak {peak / 1e9:.1f} GFLOP/s per rank for MFU"
     )
 
-    state = TrainState()
+    # Resume from the newest good checkpoint of this run, written by any layout; else start afresh.
+    resumed = restore(job, optimizer, cfg, logger.say)
+    state = TrainState(**{k: resumed[k] for k in ("step", "consumed_samples", "skipped_steps")}) if resumed else TrainState()
+    if job.is_main and not resumed:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
     window_losses: list[float] = []
+    start_step, last_loss = state.step, float("nan")
     step_seconds = 0.0
     while state.step < cfg.train.steps:
         t0 = time.perf_counter()
@@ -122,7 +126,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
 
         if state.step % cfg.train.log_interval == 0 or state.step == cfg.train.steps:
             tokens_per_s, mfu = throughput.report()
-            eta = step_seconds / state.step * (cfg.train.steps - state.step)
+            eta = step_seconds / (state.step - start_step) * (cfg.train.steps - state.step)
             logger.train_row(
                 {"step": state.step, "loss": float(np.mean(window_losses)), "lr": lr,
                  "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "mfu": mfu,
@@ -133,14 +137,19 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
             last_loss, window_losses = float(np.mean(window_losses)), []
         if cfg.train.eval_interval and state.step % cfg.train.eval_interval == 0 and state.step < cfg.train.steps:
             logger.eval_row(state.step, evaluate(pipe, val_set, eod_id, cfg, job))
+        if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0 and state.step < cfg.train.steps:
+            save(job, optimizer, cfg, vars(state))
 
+    if state.step > start_step:  # the end of a run is always a checkpoint (resume goes on from it)
+        save(job, optimizer, cfg, vars(state))
     val_loss = evaluate(pipe, val_set, eod_id, cfg, job)
     logger.eval_row(state.step, val_loss)
     wall = time.perf_counter() - start
     summary = TrainResult(
         steps=state.step, final_train_loss=last_loss, val_loss=val_loss,
         unigram_entropy=unigram_entropy,
-        tokens_per_s=state.step * cfg.train.global_batch_size * cfg.model.seq_length / step_seconds, wall_s=wall,
+        tokens_per_s=(state.step - start_step) * cfg.train.global_batch_size * cfg.model.seq_length
+        / max(step_seconds, 1e-9), wall_s=wall,
     )
     row = {**summary.__dict__, "skipped_steps": state.skipped_steps}
     logger.write({"kind": "summary", **row})
@@ -148,7 +157,9 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         (run_dir / "summary.json").write_text(json.dumps(row, indent=2) + "\n")
         plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", unigram_entropy)
     logger.say(
-        f"done: {state.step} steps in {format_duration(wall)} | validation loss {val_loss:.4f} nats/token"
+        f"done: {state.step - start_step} steps in {format_duration(wall)}"
+        + (f" (resumed at step {start_step})" if start_step else "")
+        + f" | validation loss {val_loss:.4f} nats/token"
         f" (perplexity {math.exp(val_loss):,.1f}) vs unigram entropy {unigram_entropy:.4f}"
         f" (perplexity {math.exp(unigram_entropy):,.1f}) | {summary.tokens_per_s:,.0f} tok/s"
     )
