@@ -24,6 +24,8 @@ yuan-102b, yuan-m32, ...) or a path. Typical use:
                                          train on one process, printing a progress line
   hpcyuan launch -n 4 -- train --config demo
                                          on 4 local MPI ranks (the demo's pp = 2 x dp = 2)
+  hpcyuan ckpt list runs/demo/checkpoints
+                                         the run's checkpoints; the same train command resumes it
 
 On a cluster, start `hpcyuan train` with `srun --mpi=pmi2` (or mpiexec) directly: every rank runs it
 and MPI says how many there are; parallel.pp x parallel.dp must equal that number.
@@ -121,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--machine", default="gpu", choices=["gpu", "cpu"],
                       help="assumed speed of a rank (default gpu: an H100-class device in bf16)")
     plan.set_defaults(handler=run_plan)
+
+    ckpt = commands.add_parser("ckpt", help="list, inspect and verify checkpoints").add_subparsers(
+        title="checkpoint commands", metavar="ACTION")
+    for action, text in (("list", "one line per checkpoint under a directory: step, samples, layout, size, ok/BAD"),
+                         ("inspect", "a checkpoint's metadata: step, data position, writing layout, model, tensors"),
+                         ("verify", "check sizes and checksums of every file and every dataset (fletcher32); "
+                                    "exit 1 when something is wrong")):
+        sub = ckpt.add_parser(action, help=text, description=text + ". PATH: a run's checkpoint directory "
+                              "(<run_dir>/checkpoints) or one step_NNNNNNNN directory (docs/checkpoint-format.md).")
+        sub.add_argument("path", metavar="PATH")
+        sub.set_defaults(handler=run_ckpt, action=action)
     return parser
 
 
@@ -205,3 +218,24 @@ def run_plan(args) -> int:
     recompute = None if text is None else cfg.model.num_layers if text == "all" else int(text)
     print(report(cfg, args.memory_gib, args.machine, recompute))
     return 0
+
+
+def run_ckpt(args) -> int:
+    from pathlib import Path
+
+    from hpcyuan.checkpoint.reader import verify
+    from hpcyuan.checkpoint.report import inspect_report, list_report, step_dirs
+
+    path = Path(args.path)
+    if args.action == "list":
+        print(list_report(path))
+        return 0
+    if args.action == "inspect":
+        print("\n\n".join(inspect_report(p) for p in step_dirs(path)))
+        return 0
+    bad = 0
+    for step in step_dirs(path):
+        problems = verify(step, deep=True)
+        print(f"{step}: " + ("ok" if not problems else "BAD\n  " + "\n  ".join(problems)))
+        bad += bool(problems)
+    return 1 if bad else 0

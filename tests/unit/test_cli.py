@@ -27,7 +27,8 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0]
 
 
-@pytest.mark.parametrize("args", [[], ["train"], ["launch"], ["plan"], ["data", "prepare"], ["config", "show"]])
+@pytest.mark.parametrize("args", [[], ["train"], ["launch"], ["plan"], ["ckpt", "verify"], ["data", "prepare"],
+                                  ["config", "show"]])
 def test_help_explains_each_command(args):
     proc = hpcyuan(*args, "--help")
     assert proc.returncode == 0
