@@ -98,7 +98,9 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
 
     # Resume from the newest good checkpoint of this run, written by any layout; else start afresh.
     resumed = restore(job, optimizer, cfg, logger.say)
-    state = TrainState(**{k: resumed[k] for k in ("step", "consumed_samples", "skipped_steps")}) if resumed else TrainState()
+    state = TrainState()
+    if resumed:
+        state = TrainState(resumed["step"], resumed["consumed_samples"], resumed["skipped_steps"])
     if job.is_main and not resumed:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
