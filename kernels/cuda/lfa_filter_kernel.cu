@@ -6,7 +6,7 @@
 //   row, so each block accumulates its own column-sum partial row (no atomics), summed by sum_partials_kernel.
 #include <cuda_bf16.h>
 
-#include "acc_type.cuh"
+#include "common.cuh"
 #include "lfa_filter_kernel.h"
 
 namespace {
@@ -110,16 +110,6 @@ __global__ void conv1_pair_bwd_kernel(const Cv* __restrict__ dy, Cv* __restrict_
       da[i] += v;
     }
   }
-}
-
-template <typename A>
-__global__ void sum_partials_kernel(const A* __restrict__ partial, A* __restrict__ out, int64_t nblocks,
-                                    int64_t cols) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j >= cols) return;
-  A v = 0;
-  for (int64_t b = 0; b < nblocks; ++b) v += partial[b * cols + j];
-  out[j] = v;
 }
 
 template <typename A> cudaError_t sum_partials(const void* partial, void* out, int64_t nb, int64_t cols,

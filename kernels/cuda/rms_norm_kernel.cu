@@ -4,7 +4,7 @@
 // second kernel sums the partials over blocks.
 #include <cuda_bf16.h>
 
-#include "acc_type.cuh"
+#include "common.cuh"
 #include "rms_norm_kernel.h"
 
 namespace {
@@ -67,16 +67,6 @@ __global__ void rms_norm_bwd_kernel(const T* __restrict__ g, const T* __restrict
       dwp[j] += gv * xv * rstd;
     }
   }
-}
-
-template <typename A>
-__global__ void sum_partials_kernel(const A* __restrict__ partial, A* __restrict__ out, int64_t nblocks,
-                                    int64_t cols) {
-  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (j >= cols) return;
-  A s = 0;
-  for (int64_t b = 0; b < nblocks; ++b) s += partial[b * cols + j];
-  out[j] = s;
 }
 
 template <typename T, typename A>
