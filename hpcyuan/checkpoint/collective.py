@@ -28,7 +28,6 @@ from hpcyuan.checkpoint.state import load_rank_state, rank_pieces
 from hpcyuan.checkpoint.writer import begin, commit, write_shard
 from hpcyuan.config import Config
 from hpcyuan.errors import HpcyuanError
-from hpcyuan.runtime.comm import Comm
 
 
 def checkpoint_root(cfg: Config) -> Path:
@@ -43,8 +42,8 @@ def save(job, optimizer, cfg: Config, progress: dict) -> None:
         begin(root, step)
     world.barrier()  # the step_N.tmp directory exists
     record = write_shard(root / tmp_dir_name(step), world.rank, pieces)
-    records = gather_bytes(world, record.to_bytes())
-    rngs = gather_bytes(world, torch.get_rng_state().numpy().tobytes())
+    records = world.gather_bytes(record.to_bytes())
+    rngs = world.gather_bytes(torch.get_rng_state().numpy().tobytes())
     if job.is_main:
         topo = job.topology
         meta = {**progress, "optimizer_steps": optimizer.steps_taken, "data_seed": cfg.data.seed,
@@ -93,16 +92,3 @@ def check_same_model(meta: dict, cfg: Config, path) -> None:
     if differ:
         raise HpcyuanError(f"{path} holds another model ({'; '.join(differ)}): "
                            f"use a fresh checkpoint.dir (or train.run_dir) for a different model")
-
-
-def gather_bytes(comm: Comm, payload: bytes) -> list[bytes] | None:
-    """Every rank's bytes on rank 0 (None elsewhere), pickle-free: a length, then the bytes."""
-    if comm.rank != 0:
-        comm.send(torch.tensor([len(payload)], dtype=torch.int64), 0)
-        comm.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), 0)
-        return None
-    out = [payload]
-    for source in range(1, comm.size):
-        n = int(comm.recv(torch.empty(1, dtype=torch.int64), source))
-        out.append(comm.recv(torch.empty(n, dtype=torch.uint8), source).numpy().tobytes())
-    return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from hpcyuan.parallel.schedule import Op
 from hpcyuan.runtime.comm import Comm
@@ -30,18 +30,12 @@ COMPUTE = (Op.FORWARD, Op.BACKWARD)
 
 
 def gather_timeline(pp: Comm, events: list[Event]) -> list[list[Event]] | None:
-    """Every stage's events on pp rank 0 (None on the others); pickle-free: (n, 4) float64 tensors."""
-    rows = torch.tensor([[_OPS.index(op), micro, start, end] for op, micro, start, end in events],
-                        dtype=torch.float64).reshape(-1, 4)
-    count = torch.tensor([len(rows)], dtype=torch.int64)
-    if pp.rank != 0:
-        pp.send(count, 0)
-        pp.send(rows, 0)
+    """Every stage's events on pp rank 0 (None on the others); pickle-free: (n, 4) float64 rows."""
+    rows = np.array([[_OPS.index(op), micro, start, end] for op, micro, start, end in events], dtype=np.float64)
+    gathered = pp.gather_bytes(rows.tobytes())
+    if gathered is None:
         return None
-    stages = [rows]
-    for source in range(1, pp.size):
-        n = pp.recv(torch.empty(1, dtype=torch.int64), source)
-        stages.append(pp.recv(torch.empty(int(n), 4, dtype=torch.float64), source))
+    stages = [np.frombuffer(b, dtype=np.float64).reshape(-1, 4) for b in gathered]
     return [[(_OPS[int(r[0])], int(r[1]), float(r[2]), float(r[3])) for r in s.tolist()] for s in stages]
 
 

@@ -226,6 +226,24 @@ class Comm:
         self._count(op, _nbytes(buf))
         return Request(self, op, self.mpi.Irecv(buf, source=source, tag=tag), tensor, keep=(buf,))
 
+    def gather_bytes(self, payload: bytes, root: int = 0) -> list[bytes] | None:
+        """Every rank's `payload` (any length) on `root`, in rank order; None on the other ranks.
+        For small, rare metadata (checkpoint shard records, timelines): a length, then the bytes,
+        point to point, never pickled."""
+        if self.rank != root:
+            self.send(torch.tensor([len(payload)], dtype=torch.int64), root)
+            if payload:
+                self.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), root)
+            return None
+        out = []
+        for source in range(self.size):
+            if source == root:
+                out.append(payload)
+                continue
+            n = int(self.recv(torch.empty(1, dtype=torch.int64), source))
+            out.append(self.recv(torch.empty(n, dtype=torch.uint8), source).numpy().tobytes() if n else b"")
+        return out
+
     # -- group management ----------------------------------------------------------------------
 
     def barrier(self) -> None:

@@ -102,6 +102,17 @@ def check_counters(comm: Comm) -> None:
     assert all(v["seconds"] > 0 for v in s.values()), s
 
 
+def check_gather_bytes(comm: Comm) -> None:
+    n, r = comm.size, comm.rank
+    payload = bytes(range(r % 256)) * 3  # rank 0 sends nothing at all: empty payloads must work
+    for root in {0, n - 1}:
+        got = comm.gather_bytes(payload, root=root)
+        if r == root:
+            assert got == [bytes(range(k % 256)) * 3 for k in range(n)], f"gather_bytes to {root}: {got}"
+        else:
+            assert got is None, "gather_bytes returns None off the root"
+
+
 def check_groups(world: Comm) -> None:
     n = world.size
     for pp in (p for p in range(1, n + 1) if n % p == 0):
@@ -121,7 +132,7 @@ def main() -> None:
     torch.set_num_threads(1)
     world = Comm.world(timeout_s=60)
     for check in (check_all_reduce, check_reduce_scatter_and_gather, check_broadcast_and_p2p,
-                  check_errors, check_counters, check_groups):
+                  check_errors, check_counters, check_gather_bytes, check_groups):
         check(world)
     print(f"rank {world.rank}: all checks passed", flush=True)
 
