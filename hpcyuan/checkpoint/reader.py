@@ -80,11 +80,11 @@ def _fletcher_problems(path: Path) -> list[str]:
                 if isinstance(obj, h5py.Dataset) and not obj.is_virtual:
                     try:
                         obj[...]
-                    except OSError as e:
+                    except (OSError, RuntimeError) as e:
                         bad.append(f"{path.name}: dataset /{name} corrupted, fails its fletcher32 check "
                                    f"(HDF5: {' '.join(str(e).split())})")
             f.visititems(visit)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # h5py raises RuntimeError for a damaged object header
         bad.append(f"{path.name}: not readable as HDF5 ({' '.join(str(e).split())})")
     return bad
 

@@ -138,6 +138,19 @@ def test_flipped_byte_is_named_and_falls_back(tmp_path):
         ck.read("weight", "embedding.weight", 40, 41)
 
 
+def test_a_flipped_byte_anywhere_in_a_shard_is_reported_never_raised(tmp_path):
+    """Metadata too: a byte flipped in an object header makes h5py raise RuntimeError, not OSError."""
+    path, _ = save(tmp_path / "ck", 1)
+    shard = path / "shard_00002.h5"
+    original = shard.read_bytes()
+    for offset in range(0, len(original), max(1, len(original) // 64)):
+        data = bytearray(original)
+        data[offset] ^= 0xFF
+        shard.write_bytes(bytes(data))
+        problems = verify(path)
+        assert problems and problems[0].startswith("shard_00002.h5: crc32"), (offset, problems)
+
+
 def test_missing_manifest_is_partial_and_skipped(tmp_path):
     root = tmp_path / "ck"
     save(root, 1)
