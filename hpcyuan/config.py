@@ -191,6 +191,17 @@ class TrainConfig:
     timeline_step: int = 3
     """Record what every pipeline stage does during this step into run_dir/timeline.json (Chrome
     trace) and timeline.png, and print each stage's idle share; 0: never."""
+    spike_factor: float = 3.0
+    """Spike guard: a loss above this multiple of the mean of the last `spike_window` losses rewinds
+    training to the last good checkpoint and skips that batch (logged); 0: off."""
+    spike_window: int = 20
+    """Spike guard: how many recent losses make the mean."""
+    nonfinite_limit: int = 3
+    """Spike guard: this many non-finite losses in a row (each step skipped by the optimizer) also
+    rewind to the last good checkpoint; 0: off."""
+    sample_log: bool = False
+    """Append each global batch's dataset sample indices to run_dir/samples.jsonl (to check that a
+    preempted, resumed or rewound run never repeats or skips a sample)."""
 
     def __post_init__(self):
         _positive(self, "steps", "global_batch_size", "micro_batch_size", "lr", "log_interval", "eval_samples")
@@ -207,6 +218,10 @@ class TrainConfig:
                'must be "auto", "reference" or "extension"')
         _check(self.peak_tflops >= 0, "peak_tflops", self.peak_tflops, "must be >= 0 (0 = measure)")
         _check(self.timeline_step >= 0, "timeline_step", self.timeline_step, "must be >= 0 (0 = never)")
+        _check(self.spike_factor == 0 or self.spike_factor > 1, "spike_factor", self.spike_factor,
+               "must be > 1 (0 = off)")
+        _check(self.spike_window >= 1, "spike_window", self.spike_window, "must be >= 1")
+        _check(self.nonfinite_limit >= 0, "nonfinite_limit", self.nonfinite_limit, "must be >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,9 @@ class CheckpointConfig:
     """Keep this many most recent checkpoints."""
     keep_every: int = 0
     """Also keep every checkpoint whose step is a multiple of this; 0 keeps no extra ones."""
+    async_save: bool = True
+    """Write checkpoints in a background thread while training goes on (the step waits only for a
+    copy of the state in memory); false writes them before the next step."""
 
     def __post_init__(self):
         _check(self.interval >= 0, "interval", self.interval, "must be >= 0 (0 = only at the end)")

@@ -3,9 +3,11 @@
     hpcyuan train --config tiny                   # one process
     hpcyuan launch -n 4 -- train --config demo    # 4 MPI ranks: pp = 2 x dp = 2 (or srun --mpi=pmi2)
 
-Read it top to bottom: `train()` builds everything, then each step runs
-lr -> forward/backward over micro-batches (the pipeline schedule; one stage when pp = 1) ->
-optimizer step (dp reduce, clip, skip non-finite, ZeRO AdamW) -> log -> eval. The data position is
+Read it top to bottom: `train()` builds everything, resumes from the newest good checkpoint, then
+each step runs lr -> forward/backward over micro-batches (the pipeline schedule; one stage when
+pp = 1) -> optimizer step (dp reduce, clip, skip non-finite, ZeRO AdamW) -> spike guard (rewind to
+the last checkpoint and skip the batch) -> log -> eval -> checkpoint (written in the background
+while the next steps run). The data position is
 `consumed_samples`: with the data seed it fixes which samples come next, on any number of ranks;
 each dp replica takes its slice of every global batch (see hpcyuan/data/sampler.py). World rank 0
 prints and writes the run files; the loss comes from the last pipeline stage.
@@ -16,23 +18,28 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hpcyuan import ops
-from hpcyuan.checkpoint.collective import restore, save
+from hpcyuan.checkpoint.collective import restore
+from hpcyuan.checkpoint.saver import Saver
 from hpcyuan.config import Config
 from hpcyuan.data import GlobalSampler, TokenDataset, check_data, make_batch, micro_batches
+from hpcyuan.data.samplelog import SampleLog
+from hpcyuan.errors import HpcyuanError
 from hpcyuan.metrics import MetricsLogger, Throughput, format_duration, measure_peak_flops, plot_losses
 from hpcyuan.model.counting import count_parameters, training_flops_per_token
 from hpcyuan.optim import learning_rate
 from hpcyuan.parallel.pipeline import Pipeline, build_stage, tied_embedding
 from hpcyuan.parallel.timeline import save_timeline
 from hpcyuan.parallel.zero import ZeroAdamW
+from hpcyuan.runtime.faults import fault
 from hpcyuan.runtime.job import Job
+from hpcyuan.spike_guard import SpikeGuard
 
 
 @dataclass
@@ -42,6 +49,13 @@ class TrainState:
     step: int = 0
     consumed_samples: int = 0
     skipped_steps: int = 0
+    """Optimizer steps skipped for a non-finite gradient norm."""
+    skipped_batches: list[int] = field(default_factory=list)
+    """consumed_samples of the batches the spike guard skips (each is passed over, not trained)."""
+
+    @classmethod
+    def from_checkpoint(cls, meta: dict) -> "TrainState":
+        return cls(meta["step"], meta["consumed_samples"], meta["skipped_steps"], meta.get("skipped_batches", []))
 
 
 @dataclass(frozen=True)
@@ -98,25 +112,39 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
 
     # Resume from the newest good checkpoint of this run, written by any layout; else start afresh.
     resumed = restore(job, optimizer, cfg, logger.say)
-    state = TrainState()
-    if resumed:
-        state = TrainState(resumed["step"], resumed["consumed_samples"], resumed["skipped_steps"])
+    state = TrainState.from_checkpoint(resumed) if resumed else TrainState()
     if job.is_main and not resumed:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    saver = Saver(job, cfg)
+    guard = SpikeGuard(cfg.train)
+    sample_log = SampleLog(job, run_dir / "samples.jsonl") if cfg.train.sample_log else None
 
     window_losses: list[float] = []
     start_step, last_loss = state.step, float("nan")
     step_seconds = 0.0
     while state.step < cfg.train.steps:
+        if state.consumed_samples in state.skipped_batches:  # a batch the spike guard rejected
+            logger.say(f"spike guard: skipping the batch at consumed_samples {state.consumed_samples:,}")
+            if sample_log:
+                sample_log.skipped(state.consumed_samples, "spike guard")
+            state.consumed_samples += cfg.train.global_batch_size
+            continue
         t0 = time.perf_counter()
         lr = learning_rate(state.step, cfg.train)
         indices = sampler.local_batch(state.consumed_samples, dp_rank=job.dp_rank, dp_size=dp.size)
         pipe.timeline = [] if state.step + 1 == cfg.train.timeline_step else None
         loss = forward_backward(pipe, optimizer, train_set, indices, eod_id, cfg)
         result = optimizer.step(lr)
-        loss = job_mean(job, loss)
+        loss = job_mean(job, loss) * (100.0 if fault("loss-spike", samples=state.consumed_samples) else 1.0)
         if pipe.timeline is not None:
             report_timeline(job, pipe, cfg, run_dir, logger, state.step + 1)
+        if (reason := guard.check(loss)) and (back := rewind(job, optimizer, saver, cfg, state, reason, logger.say)):
+            state, window_losses = back, []
+            guard.reset()
+            continue
+        if sample_log:
+            sample_log.trained(state.step + 1, state.consumed_samples, indices)
 
         state.step += 1
         state.consumed_samples += cfg.train.global_batch_size
@@ -128,7 +156,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
 
         if state.step % cfg.train.log_interval == 0 or state.step == cfg.train.steps:
             tokens_per_s, mfu = throughput.report()
-            eta = step_seconds / (state.step - start_step) * (cfg.train.steps - state.step)
+            eta = step_seconds / max(1, state.step - start_step) * (cfg.train.steps - state.step)
             logger.train_row(
                 {"step": state.step, "loss": float(np.mean(window_losses)), "lr": lr,
                  "grad_norm": result.grad_norm, "tokens_per_s": tokens_per_s, "mfu": mfu,
@@ -140,12 +168,13 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         if cfg.train.eval_interval and state.step % cfg.train.eval_interval == 0 and state.step < cfg.train.steps:
             logger.eval_row(state.step, evaluate(pipe, val_set, eod_id, cfg, job))
         if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0 and state.step < cfg.train.steps:
-            save(job, optimizer, cfg, vars(state))
+            saver.save(optimizer, asdict(state))
 
     if state.step > start_step:  # the end of a run is always a checkpoint (resume goes on from it)
-        save(job, optimizer, cfg, vars(state))
-    val_loss = evaluate(pipe, val_set, eod_id, cfg, job)
+        saver.save(optimizer, asdict(state))
+    val_loss = evaluate(pipe, val_set, eod_id, cfg, job)  # while the last checkpoint is written
     logger.eval_row(state.step, val_loss)
+    saver.close()
     wall = time.perf_counter() - start
     summary = TrainResult(
         steps=state.step, final_train_loss=last_loss, val_loss=val_loss,
@@ -166,6 +195,28 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         f" (perplexity {math.exp(unigram_entropy):,.1f}) | {summary.tokens_per_s:,.0f} tok/s"
     )
     return summary
+
+
+def rewind(job: Job, optimizer, saver: Saver, cfg: Config, state: TrainState, reason: str,
+           say) -> TrainState | None:
+    """The spike guard fired on the batch at `state.consumed_samples`: reload the last good
+    checkpoint and return its state, with that batch marked to be skipped. Without a checkpoint a
+    spike is only logged and None returned (the run goes on), while non-finite losses end the run:
+    there is no good state to go back to."""
+    bad = state.consumed_samples
+    say(f"spike guard: {reason} at step {state.step + 1} (the batch at consumed_samples {bad:,})")
+    saver.wait()  # the newest checkpoint may still be being written
+    meta = restore(job, optimizer, cfg, say)
+    if meta is None:
+        if "non-finite" in reason:
+            raise HpcyuanError(f"spike guard: {reason} and no checkpoint to rewind to; lower train.lr or "
+                               f"set checkpoint.interval so that a rewind has somewhere to go")
+        say("spike guard: no checkpoint to rewind to yet; going on")
+        return None
+    back = TrainState.from_checkpoint(meta)
+    back.skipped_batches = sorted(set(back.skipped_batches) | set(state.skipped_batches) | {bad})
+    say(f"spike guard: rewound to step {back.step}; the batch at consumed_samples {bad:,} will be skipped")
+    return back
 
 
 def forward_backward(pipe: Pipeline, optimizer, dataset, indices, eod_id: int, cfg: Config) -> float | None:
