@@ -26,6 +26,8 @@ yuan-102b, yuan-m32, ...) or a path. Typical use:
                                          on 4 local MPI ranks (the demo's pp = 2 x dp = 2)
   hpcyuan ckpt list runs/demo/checkpoints
                                          the run's checkpoints; the same train command resumes it
+  hpcyuan generate --ckpt runs/demo/checkpoints --prompt "ROMEO:"
+                                         sample text from the newest good checkpoint
 
 On a cluster, start `hpcyuan train` with `srun --mpi=pmi2` (or mpiexec) directly: every rank runs it
 and MPI says how many there are; parallel.pp x parallel.dp must equal that number.
@@ -124,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="assumed speed of a rank (default gpu: an H100-class device in bf16)")
     plan.set_defaults(handler=run_plan)
 
-    ckpt = commands.add_parser("ckpt", help="list, inspect and verify checkpoints").add_subparsers(
+    ckpt = commands.add_parser("ckpt", help="list, inspect, verify and export checkpoints").add_subparsers(
         title="checkpoint commands", metavar="ACTION")
     for action, text in (("list", "one line per checkpoint under a directory: step, samples, layout, size, ok/BAD"),
                          ("inspect", "a checkpoint's metadata: step, data position, writing layout, model, tensors"),
@@ -134,6 +136,48 @@ def build_parser() -> argparse.ArgumentParser:
                               "(<run_dir>/checkpoints) or one step_NNNNNNNN directory (docs/checkpoint-format.md).")
         sub.add_argument("path", metavar="PATH")
         sub.set_defaults(handler=run_ckpt, action=action)
+    export = ckpt.add_parser(
+        "export", help="write a checkpoint's model weights to one HDF5 file for inference",
+        description="Write the model weights of a checkpoint to OUT (HDF5): one dataset /weights/<name> per "
+                    "parameter in its full shape and stored dtype, with the model config, the run's config, "
+                    "step, samples, code version and the source manifest's sha256 as attributes; plain h5py "
+                    "reads it (docs/checkpoint-format.md, \"Exported weights\"). CKPT: one step_NNNNNNNN "
+                    "directory, or a run's checkpoint directory (<run_dir>/checkpoints), whose newest good "
+                    "checkpoint is used. The checkpoint is verified first and a damaged one refused; OUT is "
+                    "written as OUT.tmp and renamed when complete. `hpcyuan generate --ckpt OUT` samples from it.")
+    export.add_argument("path", metavar="CKPT")
+    export.add_argument("out", metavar="OUT.h5")
+    export.set_defaults(handler=run_ckpt_export)
+
+    generate = commands.add_parser(
+        "generate", help="sample text from a trained model (checkpoint or exported .h5)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Sample a continuation of a prompt from a trained model, on this one process, in fp32 on the CPU.
+
+The model is rebuilt from the config stored with the weights (any training layout works) and the
+tokenizer is read from the data.dir of the run's stored config (or --tokenizer). Every new token
+re-runs the model on the last model.seq_length tokens (no KV cache); the prompt starts a document.
+Prints the prompt and its continuation; the same weights, prompt and --seed give the same text.
+
+  hpcyuan generate --ckpt runs/tiny/checkpoints --prompt "ROMEO:" --tokens 100
+  hpcyuan generate --ckpt runs/tiny/checkpoints/step_00000020 --temperature 0     (greedy)
+  hpcyuan ckpt export runs/tiny/checkpoints tiny.h5 && hpcyuan generate --ckpt tiny.h5
+""")
+    generate.add_argument("--ckpt", required=True, metavar="PATH",
+                          help="a run's checkpoint directory (its newest good checkpoint), one step_NNNNNNNN "
+                               "directory, or a .h5 file from `hpcyuan ckpt export`")
+    generate.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    generate.add_argument("--tokens", type=int, default=64, metavar="N", help="new tokens to generate (default 64)")
+    generate.add_argument("--temperature", type=float, default=0.8, metavar="T",
+                          help="divide the logits by T; 0 = greedy (default 0.8)")
+    generate.add_argument("--top-k", type=int, default=50, metavar="K",
+                          help="sample among the K most likely tokens; 0 = all (default 50)")
+    generate.add_argument("--seed", type=int, default=1234, metavar="S", help="sampling seed (default 1234)")
+    generate.add_argument("--tokenizer", metavar="PATH",
+                          help="tokenizer.model (or the data dir holding it) instead of the one in the "
+                               "stored config's data.dir")
+    generate.set_defaults(handler=run_generate)
     return parser
 
 
@@ -239,3 +283,26 @@ def run_ckpt(args) -> int:
         print(f"{step}: " + ("ok" if not problems else "BAD\n  " + "\n  ".join(problems)))
         bad += bool(problems)
     return 1 if bad else 0
+
+
+def run_ckpt_export(args) -> int:
+    from hpcyuan.checkpoint.export import export_weights
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = export_weights(args.path, args.out, say)
+    print(f"exported {result.tensors} tensors ({result.elements:,} elements, {result.bytes / 2**20:,.1f} MiB) "
+          f"of {result.source} (step {result.step}) to {result.path} in {result.seconds:.1f} s")
+    return 0
+
+
+def run_generate(args) -> int:
+    from hpcyuan.generate import Sampling, generate
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    how = Sampling(tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(generate(args.ckpt, args.prompt, how, args.tokenizer, say))
+    return 0

@@ -77,7 +77,7 @@ def dataset_path(kind: str, name: str, start: int, stop: int) -> str:
 def open_h5(path) -> h5py.File:
     """An HDF5 file opened for reading without HDF5's file locks: on Lustre/NFS they fail ("unable to
     lock file") or hang, and a committed checkpoint is never written again, so they protect nothing.
-    (The writer creates files through writer._create_h5, also without locks.)"""
+    (The writer creates files through writer.create_h5, also without locks.)"""
     try:
         return h5py.File(path, "r", locking=False)
     except OSError as e:

@@ -39,7 +39,7 @@ from hpcyuan.errors import HpcyuanError
 class _GuardedFile(io.FileIO):
     """The file HDF5 writes through (h5py's file-object driver). A failed write (ENOSPC, EIO) is
     recorded and swallowed, so HDF5 itself never sees an I/O error: HDF5 2.0 / h5py 3.16 crash the
-    process (segfault while closing) after a real ENOSPC, measured on a full tmpfs. `_create_h5`
+    process (segfault while closing) after a real ENOSPC, measured on a full tmpfs. `create_h5`
     raises the recorded error once HDF5 has closed the file. Same speed as HDF5's own sec2 driver."""
 
     error: OSError | None = None
@@ -67,7 +67,7 @@ class _GuardedFile(io.FileIO):
 
 
 @contextmanager
-def _create_h5(path: Path, **kwargs):
+def create_h5(path: Path, **kwargs):
     """A new HDF5 file at `path`, without HDF5 file locks (see format.open_h5); raises the first
     OSError of any write once the file is closed."""
     with _GuardedFile(path, "w+") as fh:
@@ -99,7 +99,7 @@ def write_shard(tmp_dir, rank: int, pieces: list[Piece]) -> ShardRecord:
     """Write this rank's pieces to `tmp_dir/shard_{rank:05d}.h5`, fsync it, and describe it."""
     path = Path(tmp_dir) / shard_file_name(rank)
     try:
-        with _create_h5(path) as f:
+        with create_h5(path) as f:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["rank"] = rank
             for p in pieces:
@@ -188,7 +188,7 @@ def _write_index(path: Path, tensors: dict[tuple[str, str], list[tuple[PieceInfo
     """index.h5: /{kind}/{name} is a 1-D virtual dataset of the whole flattened tensor, each range
     mapped onto its shard's dataset by relative file name (the directory can move). Elements whose
     shard file is missing read as the fill value: NaN for floats, so a damaged plain-h5py read shows."""
-    with _create_h5(path, libver=("v110", "latest")) as f:
+    with create_h5(path, libver=("v110", "latest")) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         for (kind, name), pieces in sorted(tensors.items()):
             first = pieces[0][0]
@@ -206,7 +206,7 @@ def _write_index(path: Path, tensors: dict[tuple[str, str], list[tuple[PieceInfo
 
 def _write_state(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """state.h5: small named arrays (RNG states, lr-schedule state ...), one contiguous dataset each."""
-    with _create_h5(path) as f:
+    with create_h5(path) as f:
         f.attrs["format_version"] = FORMAT_VERSION
         for name, a in sorted(arrays.items()):
             f.create_dataset(name, data=np.asarray(a))
