@@ -202,8 +202,10 @@ def run_train(args) -> int:
     from hpcyuan.runtime.watchdog import run_main
     from hpcyuan.train import train
 
-    run_main(train, cfg, args.config)  # an error on any rank ends every rank (MPI Abort), shown once
-    return 0
+    from hpcyuan.runtime.signals import EXIT_REQUEUE
+
+    result = run_main(train, cfg, args.config)  # an error on any rank ends every rank (MPI Abort), shown once
+    return EXIT_REQUEUE if result.stopped_by else 0
 
 
 def run_launch(args) -> int:

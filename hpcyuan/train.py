@@ -39,6 +39,7 @@ from hpcyuan.parallel.timeline import save_timeline
 from hpcyuan.parallel.zero import ZeroAdamW
 from hpcyuan.runtime.faults import fault
 from hpcyuan.runtime.job import Job
+from hpcyuan.runtime.signals import EXIT_REQUEUE, StopRequest
 from hpcyuan.spike_guard import SpikeGuard
 
 
@@ -66,6 +67,8 @@ class TrainResult:
     unigram_entropy: float
     tokens_per_s: float
     wall_s: float
+    stopped_by: str | None = None
+    """The signal that stopped the run before train.steps (it saved first), or None."""
 
 
 def train(cfg: Config, config_path: str | None = None) -> TrainResult:
@@ -117,12 +120,13 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         for name in ("metrics.jsonl", "samples.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
     saver = Saver(job, cfg)
+    stop = StopRequest()
     guard = SpikeGuard(cfg.train)
     sample_log = SampleLog(job, run_dir / "samples.jsonl") if cfg.train.sample_log else None
 
     window_losses: list[float] = []
-    start_step, last_loss = state.step, float("nan")
-    step_seconds = 0.0
+    start_step, saved_step, last_loss = state.step, state.step, float("nan")
+    step_seconds, stopped_by = 0.0, None
     while state.step < cfg.train.steps:
         if state.consumed_samples in state.skipped_batches:  # a batch the spike guard rejected
             logger.say(f"spike guard: skipping the batch at consumed_samples {state.consumed_samples:,}")
@@ -169,9 +173,19 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
             logger.eval_row(state.step, evaluate(pipe, val_set, eod_id, cfg, job))
         if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0 and state.step < cfg.train.steps:
             saver.save(optimizer, asdict(state))
+            saved_step = state.step
+        if stopped_by := stop.agreed(job.groups.world):
+            logger.say(f"{stopped_by} received: stopping at step {state.step} after a checkpoint")
+            break
 
-    if state.step > start_step:  # the end of a run is always a checkpoint (resume goes on from it)
+    if state.step > saved_step:  # the end of a run is always a checkpoint (resume goes on from it)
         saver.save(optimizer, asdict(state))
+    if stopped_by:  # the scheduler's grace time is short: no final validation
+        saver.close()
+        logger.say(f"stopped by {stopped_by} at step {state.step}: checkpoint {state.step} saved; exit "
+                   f"{EXIT_REQUEUE} (requeue me), the same command resumes the run on any layout")
+        return TrainResult(state.step, last_loss, float("nan"), unigram_entropy, 0.0,
+                           time.perf_counter() - start, stopped_by)
     val_loss = evaluate(pipe, val_set, eod_id, cfg, job)  # while the last checkpoint is written
     logger.eval_row(state.step, val_loss)
     saver.close()

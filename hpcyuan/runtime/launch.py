@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Mapping, Sequence
 
 from hpcyuan.errors import HpcyuanError
 from hpcyuan.runtime.env import JobEnv
+from hpcyuan.runtime.signals import STOP_SIGNALS
 
 
 def find_mpiexec(python: str = sys.executable) -> str:
@@ -53,11 +55,17 @@ def mpiexec_command(mpiexec: str, num_ranks: int, hpcyuan_args: Sequence[str],
 
 def launch(num_ranks: int, hpcyuan_args: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     """Run hpcyuan on `num_ranks` local ranks; returns mpiexec's exit status (a rank's abort code:
-    1 crash, 2 user error, 3 collective timeout; see runtime/watchdog.py)."""
+    1 crash, 2 user error, 3 collective timeout: runtime/watchdog.py; 75 stopped by a
+    signal after saving, requeue: runtime/signals.py)."""
     env = dict(os.environ if environ is None else environ)
     env["OMP_NUM_THREADS"] = threads_per_rank(num_ranks, env)
     command = mpiexec_command(find_mpiexec(), num_ranks, hpcyuan_args)
-    return subprocess.call(command, env=env)
+    proc = subprocess.Popen(command, env=env)
+    # A stop signal for this process goes to the ranks as SIGTERM: MPICH's mpiexec forwards SIGTERM
+    # to every rank, but dies of SIGUSR2 itself (measured), taking the ranks down unsaved.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    return proc.wait()
 
 
 def detect(environ: Mapping[str, str] | None = None) -> JobEnv:

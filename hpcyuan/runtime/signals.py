@@ -1,0 +1,41 @@
+"""Stop requests: the signals a scheduler sends before it ends a job, turned into a clean stop.
+
+    stop = StopRequest()                      # installs the handlers (SIGUSR2, SIGTERM)
+    ...
+    if stop.agreed(job.groups.world):         # once per step, on every rank (one tiny all-reduce)
+        save, then exit with EXIT_REQUEUE
+
+Slurm sends the signal asked for with `--signal=B:USR2@N` N seconds before the time limit (to the
+batch shell, which forwards it to the ranks) and SIGTERM to every task on preemption or at the limit,
+then SIGKILL after the grace time. The handler only records the signal: MPI calls and file I/O are
+not safe inside a handler, and ranks receive signals at different moments, in different steps. At
+the next step boundary every rank joins one all-reduce (MAX) of what it has received, so all ranks
+see the same answer at the same step, save together, and end with EXIT_REQUEUE (75, EX_TEMPFAIL:
+"try again later"), which the batch script maps to a requeue.
+"""
+
+from __future__ import annotations
+
+import signal
+
+EXIT_REQUEUE = 75
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+class StopRequest:
+    """Records the first stop signal this process receives; `agreed` shares it across the job."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+        self.received = 0
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = self.received or signum
+
+    def agreed(self, comm) -> str | None:
+        """The name of a stop signal any rank of `comm` has received (e.g. "SIGUSR2"), on every rank."""
+        import torch  # here, not at the top: `hpcyuan launch` imports this module and needs no torch
+
+        got = comm.all_reduce(torch.tensor([self.received], dtype=torch.int64), op="max")
+        return signal.Signals(int(got)).name if int(got) else None
