@@ -96,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(prepare)
     prepare.add_argument("--force", action="store_true", help="rebuild even if data.dir is already prepared")
     prepare.set_defaults(handler=run_prepare)
+    samples = data.add_parser(
+        "samples", help="check a run's sample log: every sample trained once, in order",
+        description="Read RUN_DIR/samples.jsonl (written with train.sample_log = true) and RUN_DIR/config.toml, "
+                    "and check that the batches the final model was trained on are exactly the global "
+                    "sampler's, position after position, across restarts, other layouts and spike-guard "
+                    "rewinds. Prints a one-line summary; exit 2 naming the first wrong position otherwise.")
+    samples.add_argument("run_dir", metavar="RUN_DIR")
+    samples.set_defaults(handler=run_check_samples)
 
     config = commands.add_parser("config", help="inspect configs and presets").add_subparsers(
         title="config commands", metavar="ACTION")
@@ -231,6 +239,25 @@ def run_prepare(args) -> int:
     from hpcyuan.data import prepare_data
 
     prepare_data(cfg, force=args.force)
+    return 0
+
+
+def run_check_samples(args) -> int:
+    from pathlib import Path
+
+    from hpcyuan.config import load_config
+    from hpcyuan.data import GlobalSampler, TokenDataset
+    from hpcyuan.data.samplelog import check_sample_log
+
+    run_dir = Path(args.run_dir)
+    for name in ("config.toml", "samples.jsonl"):
+        if not (run_dir / name).is_file():
+            raise HpcyuanError(f"{run_dir / name} not found: RUN_DIR must be a run directory trained with "
+                               f"train.sample_log = true")
+    cfg = load_config(str(run_dir / "config.toml"))
+    dataset = TokenDataset(cfg.data.dir, "train", cfg.model.seq_length)
+    sampler = GlobalSampler(dataset.num_samples, cfg.train.global_batch_size, cfg.data.seed)
+    print(f"{run_dir}: " + check_sample_log(run_dir / "samples.jsonl", sampler))
     return 0
 
 

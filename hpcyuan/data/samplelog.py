@@ -5,6 +5,7 @@ or skipped across preemptions, resumes on other layouts, and spike-guard rewinds
     log.trained(step, consumed_samples, local_indices)  # every rank of the first pipeline stage
     log.skipped(consumed_samples, reason)               # main rank
     batches = effective_batches(path)                   # {consumed_samples: entry}, last word wins
+    print(check_sample_log(path, sampler))              # or: hpcyuan data samples RUN_DIR
 
 One JSON line per global batch, appended by the main rank: {"consumed_samples", "step", "layout",
 "indices"} (indices: the dp replicas' slices in replica order, gathered from the ranks that really
@@ -19,6 +20,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from hpcyuan.data.sampler import GlobalSampler
+from hpcyuan.errors import HpcyuanError
 
 
 class SampleLog:
@@ -53,3 +57,29 @@ def effective_batches(path) -> dict[int, dict]:
             row = json.loads(line)
             last[row["consumed_samples"]] = row
     return dict(sorted(last.items()))
+
+
+def check_sample_log(path, sampler: GlobalSampler) -> str:
+    """Check that the batches the final model was trained on are exactly the sampler's, position
+    after position from 0, none missing (spike-guard skips are listed); since the sampler is a
+    permutation within each epoch, no sample was then repeated or skipped. Returns a one-line
+    summary; raises HpcyuanError naming the first position that is wrong."""
+    g, expected, samples, skipped = sampler.global_batch_size, 0, 0, []
+    steps_by_layout: dict[str, list[int]] = {}
+    for pos, row in effective_batches(path).items():
+        if pos != expected:
+            raise HpcyuanError(f"{path}: no batch at consumed_samples {expected:,} (the next one logged is at "
+                               f"{pos:,}): samples were skipped")
+        expected += g
+        if "skipped" in row:
+            skipped.append(pos)
+            continue
+        if row["indices"] != sampler.global_batch(pos).tolist():
+            raise HpcyuanError(f"{path}: the batch of step {row['step']} (consumed_samples {pos:,}) is not the "
+                               f"sampler's batch for that position")
+        samples += len(row["indices"])
+        steps_by_layout.setdefault(row["layout"], []).append(row["step"])
+    layouts = ", ".join(f"{layout} (steps {min(s)}-{max(s)})" for layout, s in steps_by_layout.items())
+    return (f"{samples:,} samples in {expected // g - len(skipped)} batches, each batch the sampler's for its "
+            f"position: none repeated or skipped" + (f", skipped by the spike guard: the batch(es) at consumed_samples "
+            f"{', '.join(map(str, skipped))}" if skipped else "") + f"; trained by {layouts}")
