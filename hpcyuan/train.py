@@ -37,6 +37,7 @@ from hpcyuan.optim import learning_rate
 from hpcyuan.parallel.pipeline import Pipeline, build_stage, tied_embedding
 from hpcyuan.parallel.timeline import save_timeline
 from hpcyuan.parallel.zero import ZeroAdamW
+from hpcyuan.runtime.deadline import Deadline
 from hpcyuan.runtime.faults import fault
 from hpcyuan.runtime.job import Job
 from hpcyuan.runtime.signals import EXIT_REQUEUE, StopRequest
@@ -121,6 +122,10 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
             (run_dir / name).unlink(missing_ok=True)
     saver = Saver(job, cfg)
     stop = StopRequest()
+    deadline = Deadline.of_job(job, sum(optimizer.state_bytes().values()) * 4 // 3)  # + the weights
+    if deadline.end_time is not None:
+        logger.say(f"the job ends at {time.strftime('%H:%M:%S', time.localtime(deadline.end_time))} (in "
+                   f"{format_duration(deadline.end_time - time.time())}): training stops in time to save")
     guard = SpikeGuard(cfg.train)
     sample_log = SampleLog(job, run_dir / "samples.jsonl") if cfg.train.sample_log else None
 
@@ -174,8 +179,9 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         if cfg.checkpoint.interval and state.step % cfg.checkpoint.interval == 0 and state.step < cfg.train.steps:
             saver.save(optimizer, asdict(state))
             saved_step = state.step
-        if stopped_by := stop.agreed(job.groups.world):
-            logger.say(f"{stopped_by} received: stopping at step {state.step} after a checkpoint")
+        deadline.observe(step_s=elapsed, save_s=saver.last.total)
+        if stopped_by := stop.agreed(job.groups.world, deadline.too_close()):
+            logger.say(f"stopping at step {state.step} for {stopped_by}, after a checkpoint")
             break
 
     if state.step > saved_step:  # the end of a run is always a checkpoint (resume goes on from it)

@@ -2,7 +2,7 @@
 
     stop = StopRequest()                      # installs the handlers (SIGUSR2, SIGTERM)
     ...
-    if stop.agreed(job.groups.world):         # once per step, on every rank (one tiny all-reduce)
+    if stop.agreed(job.groups.world, deadline.too_close()):   # once per step, on every rank (one all-reduce)
         save, then exit with EXIT_REQUEUE
 
 Slurm sends the signal asked for with `--signal=B:USR2@N` N seconds before the time limit (to the
@@ -33,9 +33,13 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         self.received = self.received or signum
 
-    def agreed(self, comm) -> str | None:
-        """The name of a stop signal any rank of `comm` has received (e.g. "SIGUSR2"), on every rank."""
+    def agreed(self, comm, deadline_near: bool = False) -> str | None:
+        """Why to stop now, the same on every rank of `comm`: the name of a stop signal any rank has
+        received (e.g. "SIGUSR2"), else "the time limit" when any rank found the deadline near
+        (runtime/deadline.py), else None."""
         import torch  # here, not at the top: `hpcyuan launch` imports this module and needs no torch
 
-        got = comm.all_reduce(torch.tensor([self.received], dtype=torch.int64), op="max")
-        return signal.Signals(int(got)).name if int(got) else None
+        got = comm.all_reduce(torch.tensor([self.received, int(deadline_near)], dtype=torch.int64), op="max")
+        if int(got[0]):
+            return signal.Signals(int(got[0])).name
+        return "the time limit" if int(got[1]) else None
