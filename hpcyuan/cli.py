@@ -186,6 +186,36 @@ Prints the prompt and its continuation; the same weights, prompt and --seed give
                           help="tokenizer.model (or the data dir holding it) instead of the one in the "
                                "stored config's data.dir")
     generate.set_defaults(handler=run_generate)
+
+    status = commands.add_parser(
+        "status", help="where a run stands: steps, checkpoints, every job that trained it",
+        description="Show a run's progress (step, samples), its newest good checkpoint and every attempt "
+                    "that trained it (start time, Slurm job id and restart count, nodes, layout, steps, "
+                    "outcome: done, stopped by a signal, or died), from RUN_DIR/attempts.jsonl, which "
+                    "hpcyuan train writes; attempts still running show their live Slurm state.")
+    status.add_argument("run_dir", metavar="RUN_DIR")
+    status.set_defaults(handler=run_status)
+
+    submit = commands.add_parser(
+        "submit", help="submit a training run as a Slurm batch job (checkpoint, requeue, resume)",
+        description="Render slurm/train.sbatch for a config and a site profile (slurm/sites/<SITE>.toml) and "
+                    "submit it with sbatch; prints the job id (--dry-run: prints the script instead). The job "
+                    "asks for slurm.nodes nodes x slurm.ranks_per_node ranks, slurm.time, the stop signal "
+                    "slurm.signal slurm.signal_seconds before the end, and requeues itself after a checkpoint "
+                    "(preemption, time limit) or a failure, at most slurm.max_requeues times; each slot "
+                    "resumes from <train.run_dir>/checkpoints with parallel.dp fitted to the nodes it got. "
+                    "Output: <train.run_dir>/slurm-<jobid>.out. See docs/slurm.md.")
+    add_config_args(submit)
+    submit.add_argument("--site", default=None, metavar="SITE",
+                        help="site profile: a name in slurm/sites/ or a .toml path (default: $HPCYUAN_SITE or local)")
+    submit.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
+    submit.add_argument("--job-name", metavar="NAME", help="Slurm job name (default hpcyuan-<config name>)")
+    submit.add_argument("--nodes-min", type=int, metavar="N",
+                        help="accept from N to slurm.nodes nodes (sbatch -N N-MAX): a slot may run on fewer "
+                             "nodes, dp shrinks to fit (default: exactly slurm.nodes)")
+    submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                        help="extra sbatch command-line argument (repeatable), e.g. --sbatch-arg=--hold")
+    submit.set_defaults(handler=run_submit)
     return parser
 
 
@@ -239,6 +269,15 @@ def run_prepare(args) -> int:
     from hpcyuan.data import prepare_data
 
     prepare_data(cfg, force=args.force)
+    return 0
+
+
+def run_status(args) -> int:
+    from pathlib import Path
+
+    from hpcyuan.status import status_report
+
+    print(status_report(Path(args.run_dir)))
     return 0
 
 
@@ -334,4 +373,27 @@ def run_generate(args) -> int:
 
     how = Sampling(tokens=args.tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(generate(args.ckpt, args.prompt, how, args.tokenizer, say))
+    return 0
+
+
+def run_submit(args) -> int:
+    import os
+    from pathlib import Path
+
+    from hpcyuan.scheduler import load_site, render_script, submit_script
+
+    cfg = load(args)
+    site = load_site(args.site or os.environ.get("HPCYUAN_SITE") or "local")
+    config = args.config
+    if Path(config).is_file():  # a path: the job may start elsewhere (--chdir is this directory anyway)
+        config = str(Path(config).resolve())
+    script = render_script(cfg, site, config, args.set, job_name=args.job_name, nodes_min=args.nodes_min)
+    if args.dry_run:
+        print(script, end="")
+        return 0
+    Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)  # sbatch writes the output file there
+    job_id = submit_script(script, *args.sbatch_arg)
+    print(job_id)
+    print(f"hpcyuan submit: job {job_id} ({site.name}), output {cfg.train.run_dir}/slurm-{job_id}.out",
+          file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from hpcyuan import ops
+from hpcyuan.attempts import Attempts
 from hpcyuan.checkpoint.collective import restore
 from hpcyuan.checkpoint.saver import Saver
 from hpcyuan.config import Config
@@ -118,8 +119,10 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     resumed = restore(job, optimizer, cfg, logger.say)
     state = TrainState.from_checkpoint(resumed) if resumed else TrainState()
     if job.is_main and not resumed:
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "attempts.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
+    attempts = Attempts(run_dir / "attempts.jsonl", enabled=job.is_main)
+    attempts.started(job, state.step)
     saver = Saver(job, cfg)
     stop = StopRequest()
     deadline = Deadline.of_job(job, sum(optimizer.state_bytes().values()) * 4 // 3)  # + the weights
@@ -188,6 +191,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
         saver.save(optimizer, asdict(state))
     if stopped_by:  # the scheduler's grace time is short: no final validation
         saver.close()
+        attempts.ended(state.step, f"stopped by {stopped_by}")
         logger.say(f"stopped by {stopped_by} at step {state.step}: checkpoint {state.step} saved; exit "
                    f"{EXIT_REQUEUE} (requeue me), the same command resumes the run on any layout")
         return TrainResult(state.step, last_loss, float("nan"), unigram_entropy, 0.0,
@@ -195,6 +199,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     val_loss = evaluate(pipe, val_set, eod_id, cfg, job)  # while the last checkpoint is written
     logger.eval_row(state.step, val_loss)
     saver.close()
+    attempts.ended(state.step, "done")
     wall = time.perf_counter() - start
     summary = TrainResult(
         steps=state.step, final_train_loss=last_loss, val_loss=val_loss,
