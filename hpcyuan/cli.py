@@ -231,6 +231,9 @@ def load(args, extra: list[str] = ()):
 
 
 def run_train(args) -> int:
+    from hpcyuan.runtime.signals import EXIT_REQUEUE, ignore_stop_signals, stop_request
+
+    stop_request()  # before anything slow: a stop signal during start-up must not kill the rank
     extra = []
     if args.steps is not None:
         extra.append(f"train.steps={args.steps}")
@@ -240,9 +243,8 @@ def run_train(args) -> int:
     from hpcyuan.runtime.watchdog import run_main
     from hpcyuan.train import train
 
-    from hpcyuan.runtime.signals import EXIT_REQUEUE
-
     result = run_main(train, cfg, args.config)  # an error on any rank ends every rank (MPI Abort), shown once
+    ignore_stop_signals()  # saved and done: a late signal must not kill a rank on its way out
     return EXIT_REQUEUE if result.stopped_by else 0
 
 

@@ -1,6 +1,6 @@
 """Stop requests: the signals a scheduler sends before it ends a job, turned into a clean stop.
 
-    stop = StopRequest()                      # installs the handlers (SIGUSR2, SIGTERM)
+    stop = stop_request()                     # installs the handlers (SIGUSR2, SIGTERM) once
     ...
     if stop.agreed(job.groups.world, deadline.too_close()):   # once per step, on every rank (one all-reduce)
         save, then exit with EXIT_REQUEUE
@@ -43,3 +43,24 @@ class StopRequest:
         if int(got[0]):
             return signal.Signals(int(got[0])).name
         return "the time limit" if int(got[1]) else None
+
+
+_installed: StopRequest | None = None
+
+
+def stop_request() -> StopRequest:
+    """This process's StopRequest, its handlers installed on the first call. `hpcyuan train` calls it
+    first thing: the default action of SIGUSR2 is to die, and a signal may come while the ranks are
+    still importing torch (seen on a loaded node: 27 s after the job started)."""
+    global _installed
+    if _installed is None:
+        _installed = StopRequest()
+    return _installed
+
+
+def ignore_stop_signals() -> None:
+    """After the run has ended (saved): ignore further stop signals. Python puts the default action
+    (death) back while the interpreter shuts down, so a signal then would kill a rank that has done
+    everything right, and the batch script would see a crash (seen under Slurm: exit 140)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

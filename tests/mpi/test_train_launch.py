@@ -54,7 +54,8 @@ def test_ranks_train_like_one_process(one_process, tmp_path, pp, dp):
     print(f"pp={pp} x dp={dp} vs one process, {len(got)} logged losses: max diff {diff:.2e}")
     assert len(got) == len(one_process) == STEPS + 1 and diff <= 1e-5
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == \
-        ["checkpoints", "config.toml", "loss.png", "metrics.jsonl", "summary.json", "timeline.json", "timeline.png"]
+        ["attempts.jsonl", "checkpoints", "config.toml", "loss.png", "metrics.jsonl", "summary.json", "timeline.json",
+         "timeline.png"]
     trace = json.loads((tmp_path / "run" / "timeline.json").read_text())["traceEvents"]
     assert {e["tid"] for e in trace} == set(range(pp))  # one row per pipeline stage
     assert "timeline of step 3" in run.stdout
