@@ -1,0 +1,172 @@
+"""The batch script `hpcyuan submit` renders (hpcyuan/scheduler, slurm/train.sbatch): a golden file,
+hostile values staying inert, and the exit-code mapping, run by bash with stub srun/scontrol/squeue.
+
+Regenerate the golden file after an intended change: HPCYUAN_UPDATE_GOLDEN=1 pytest tests/unit/test_sbatch.py
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcyuan.cli import main
+from hpcyuan.config import load_config
+from hpcyuan.errors import HpcyuanError
+from hpcyuan.scheduler import load_site, render_script, site_from_dict
+
+GOLDEN = Path(__file__).parent / "golden" / "train.sbatch"
+SITE = site_from_dict({
+    "name": "golden", "partition": "batch", "account": "proj123", "qos": "normal", "exclusive": True,
+    "modules": ["gcc/12", "python/3.11"], "mpi": "pmi2", "srun_flags": ["--kill-on-bad-exit=1"],
+    "sbatch_flags": ["--gres=gpu:4"], "env": {"OMP_NUM_THREADS": "8"}}, "golden.toml")
+HOSTILE = [
+    "x; rm -rf / #",
+    "$(touch {pwned})",
+    "`touch {pwned}`",
+    "a'b\"c; touch {pwned}",
+    "' ; touch {pwned} ; '",
+    "${{IFS}}touch${{IFS}}{pwned}",
+]
+
+
+def render(sets=(), site=SITE, **kw) -> str:
+    kw.setdefault("python", "/opt/hpcyuan/venv/bin/python")
+    kw.setdefault("workdir", "/srv/hpcyuan")
+    return render_script(load_config("tiny", list(sets)), site, "tiny", list(sets), **kw)
+
+
+GOLDEN_SETS = ["slurm.partition=low", "slurm.nodes=4", 'slurm.time="02:00:00"', 'slurm.time_min="00:30:00"',
+               "slurm.signal_seconds=90", "slurm.max_requeues=5", "train.run_dir=runs/golden"]
+
+
+def test_golden_file():
+    text = render(GOLDEN_SETS, job_name="golden-run", nodes_min=2)
+    if os.environ.get("HPCYUAN_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "rendered script differs from tests/unit/golden/train.sbatch"
+
+
+def test_directives():
+    text = render(GOLDEN_SETS, job_name="golden-run", nodes_min=2)
+    directives = [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("#SBATCH")]
+    for expected in ("--requeue", "--signal=B:USR2@90", "--open-mode=append", "--time-min=00:30:00", "--nodes=2-4",
+                     "--job-name=golden-run", "--partition=low", "--account=proj123", "--time=02:00:00",
+                     "--output=runs/golden/slurm-%j.out", "--exclusive", "--gres=gpu:4"):
+        assert expected in directives, (expected, directives)
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_local_site_profile_and_defaults():
+    site = load_site("local")
+    assert site.partition == "normal" and site.mpi == "pmi2" and site.exclusive
+    text = render(site=site)
+    assert "#SBATCH --partition=normal" in text and "#SBATCH --nodes=1\n" in text
+    assert "# (no --time-min)" in text and "#SBATCH --job-name=hpcyuan-tiny" in text
+    assert load_site("example").account == "proj123"
+    with pytest.raises(HpcyuanError, match="not found"):
+        load_site("no-such-site")
+    with pytest.raises(HpcyuanError, match="unknown site field"):
+        site_from_dict({"partitoin": "x"})
+
+
+def test_node_range_must_fit_the_layout():
+    with pytest.raises(HpcyuanError, match="dp = 3"):
+        render(["slurm.nodes=3"])
+    with pytest.raises(HpcyuanError, match="between 1 and slurm.nodes"):
+        render(["slurm.nodes=2"], nodes_min=3)
+    assert "#SBATCH --nodes=1-4" in render(["slurm.nodes=4"], nodes_min=1)  # 3 in between: the script uses 2
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\rb", "a\0b"])
+def test_line_breaks_are_refused(bad):
+    with pytest.raises(HpcyuanError, match="line break"):
+        render(job_name=bad)
+    with pytest.raises(HpcyuanError, match="line break"):
+        render([f"train.run_dir=runs/{bad}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# running the rendered script in bash with stub Slurm commands
+
+STUB = """#!/bin/bash
+echo "$(basename "$0") $*" >> "$STUB_DIR/calls"
+"""
+SRUN = """#!/bin/bash
+for a in "$@"; do printf '%s\\0' "$a"; done > "$STUB_DIR/srun.argv"
+echo "srun $*" >> "$STUB_DIR/calls"
+exit ${FAKE_RC:-0}
+"""
+
+
+def run_script(tmp_path: Path, text: str, rc: int = 0, restarts: int = 0, nodes: int = 1) -> tuple[int, str, list[str]]:
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name, body in (("srun", SRUN), ("scontrol", STUB), ("squeue", STUB)):
+        (stubs / name).write_text(body)
+        (stubs / name).chmod(0o755)
+    (tmp_path / "calls").unlink(missing_ok=True)
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_DIR": str(tmp_path), "FAKE_RC": str(rc),
+           "SLURM_JOB_ID": "42", "SLURM_RESTART_COUNT": str(restarts), "SLURM_JOB_NUM_NODES": str(nodes),
+           "SLURM_JOB_NODELIST": "node[1-4]"}
+    script = tmp_path / "job.sbatch"
+    script.write_text(text)
+    r = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
+    return r.returncode, r.stdout + r.stderr, calls
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_values_stay_inert(tmp_path, hostile):
+    pwned = tmp_path / "PWNED"
+    value = hostile.format(pwned=pwned)
+    sets = [f"train.run_dir=runs/{value}", f"name={value}", "slurm.nodes=2"]
+    text = render(sets, job_name=value, workdir=str(tmp_path))
+    # every #SBATCH line reads back (shell-like quoting, as sbatch parses it) to the one value given
+    lines = {line.split("=", 1)[0]: line for line in text.splitlines() if line.startswith("#SBATCH --")}
+    assert shlex.split(lines["#SBATCH --job-name"])[1] == f"--job-name={value}"
+    assert shlex.split(lines["#SBATCH --output"])[1] == f"--output=runs/{value}/slurm-%j.out"
+    rc, out, calls = run_script(tmp_path, text, nodes=2)
+    assert rc == 0, out
+    assert not pwned.exists(), out
+    argv = (tmp_path / "srun.argv").read_bytes().split(b"\0")[:-1]
+    argv = [a.decode() for a in argv]
+    start = argv.index("train")
+    assert argv[start:] == ["train", "--config", "tiny", "--set", f"train.run_dir=runs/{value}", "--set",
+                            f"name={value}", "--set", "slurm.nodes=2", "--set", "parallel.dp=2"], argv
+    assert argv[:start] == ["--mpi=pmi2", "--kill-on-bad-exit=1", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                            "/opt/hpcyuan/venv/bin/python", "-m", "hpcyuan"], argv
+
+
+@pytest.mark.parametrize("rc, restarts, exit_code, requeued, says", [
+    (0, 0, 0, False, "training finished"),
+    (75, 0, 0, True, "stopped after a checkpoint"),
+    (75, 5, 75, False, "giving up"),
+    (2, 0, 2, False, "not retried"),
+    (1, 0, 0, True, "failure (exit 1"),
+    (137, 2, 0, True, "failure (exit 137"),
+    (3, 5, 3, False, "giving up"),
+])
+def test_exit_code_mapping(tmp_path, rc, restarts, exit_code, requeued, says):
+    text = render(["slurm.max_requeues=5"])
+    code, out, calls = run_script(tmp_path, text, rc=rc, restarts=restarts)
+    assert code == exit_code, out
+    assert ("scontrol requeue 42" in calls) == requeued, calls
+    assert says in out, out
+
+
+def test_granted_nodes_the_layout_cannot_use_are_left_idle(tmp_path):
+    # -N 1-4 granted 3: dp must divide batch 8 / micro 2, so the script runs 2 nodes x 1 rank, dp 2
+    code, out, calls = run_script(tmp_path, render(["slurm.nodes=4"], nodes_min=1), nodes=3)
+    assert code == 0 and "using 2" in out, out
+    assert any("--nodes=2 --ntasks=2" in c and "parallel.dp=2" in c for c in calls), calls
+
+
+def test_submit_dry_run_prints_the_script(capsys):
+    assert main(["submit", "--config", "tiny", "--site", "local", "--dry-run", "--set", "slurm.nodes=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("#!/bin/bash") and "#SBATCH --nodes=2\n" in out and "--mpi=pmi2" in out
