@@ -1,7 +1,6 @@
 """`hpcyuan ckpt list | inspect | verify` on checkpoints written by the real writer."""
 
 import numpy as np
-import pytest
 
 from hpcyuan import cli
 from hpcyuan.checkpoint import Piece, begin, commit, write_shard

@@ -31,7 +31,6 @@ from hpcyuan.model import build_model, param_groups
 from hpcyuan.optim import learning_rate
 from hpcyuan.parallel.pipeline import Pipeline, build_stage, tied_embedding
 from hpcyuan.parallel.zero import ZeroAdamW
-from hpcyuan.runtime.comm import Comm
 from hpcyuan.runtime.job import Job
 from hpcyuan.runtime.watchdog import run_main
 from hpcyuan.train import forward_backward, job_mean

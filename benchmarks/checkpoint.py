@@ -1,0 +1,734 @@
+"""Checkpoint speed (issue [C]): hpcyuan's HDF5 checkpoint against raw files, torch.save and
+torch.distributed.checkpoint (DCP), on the same training state, measured in one run.
+
+    .venv/bin/python benchmarks/checkpoint.py                          # 1 GiB, ~4 minutes on 2 cores
+    .venv/bin/python benchmarks/checkpoint.py --gib 4 --repeats 5 --dir /scratch/$USER
+
+The state: a Yuan model sized so that its 16 bytes per parameter (the weight plus ZeroAdamW's fp32
+master, exp_avg and exp_avg_sq) come to --gib GiB, with its real ZeroAdamW in one process (an MPI
+singleton): weights from init_weights, master = weights, Adam moments random normal (so nothing but
+the norm weights compresses).
+hpcyuan saves the optimizer's own buffers (checkpoint.state.rank_pieces: every parameter's weight,
+master, exp_avg and exp_avg_sq, padding excluded). The peers get a state dict {"{kind}/{name}": tensor}
+of the same values, one contiguous fp32 tensor per piece, copied once before timing (DCP would
+otherwise clone every view of a flat buffer while saving).
+
+Measured, --repeats times each, the peers interleaved; printed: median (fastest-slowest).
+  1. write GB/s: hpcyuan Saver.save with async_save = false (the real path: write_shard with fletcher32
+     in 4 MiB chunks, the crc32 read-back, fsync; commit: index, meta, manifest, renames) against raw
+     numpy tofile + fsync of the same tensors (the practical ceiling), torch.save + fsync, and dcp.save
+     (FileSystemWriter defaults: 1 thread, fsync).
+     read GB/s: hpcyuan collective.restore (crc32 of every file, then fletcher32-checked HDF5 reads
+     into the optimizer) against raw readinto, torch.load(weights_only=True) + copy into the state
+     (what load_state_dict does), and dcp.load in place. Before every read each file is dropped from
+     the page cache (posix_fadvise DONTNEED; drop_caches where that is not enough), checked with
+     mincore; after every read the state's crc32 is checked.
+  2. blocking: the caller's time inside Saver.save with async_save = true, against a synchronous save.
+  3. resume: the restore call against dcp.load of the same tensors. Not a process start: building the
+     model and the first step cost both the same and are not measured.
+  Options, prototypes that are NOT hpcyuan's code, to choose the next change of the checkpoint code:
+  restore without the crc32 pass; write_shard with other integrity
+  checks (fletcher32 in 1 MiB chunks, contiguous datasets, crc32 of each buffer in memory instead of
+  the read-back, the crc32s in a helper thread, early writeback: a thread fdatasyncs the file while it
+  is written); the proposal's read (contiguous datasets read into the state, crc32s checked); checksum
+  speeds in memory (zlib.crc32; crc32c and xxhash when installed, neither is a dependency).
+GB/s counts the tensors' bytes (1e9 bytes/s), the same for every peer. One process writes one shard
+file; with N ranks each rank writes its own shard file, all in parallel. Not a test: it prints, it does
+not assert. The machine should be otherwise idle: timings are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import importlib.util
+import mmap
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed.checkpoint as dcp
+from mpi4py import MPI
+
+from hpcyuan.checkpoint.collective import restore
+from hpcyuan.checkpoint.format import FORMAT_VERSION, dataset_path, read_latest
+from hpcyuan.checkpoint.reader import CheckpointReader
+from hpcyuan.checkpoint.saver import Saver
+from hpcyuan.checkpoint.state import load_rank_state, rank_pieces
+from hpcyuan.checkpoint.writer import create_h5, sync_and_checksum, write_shard
+from hpcyuan.config import ModelConfig, load_config
+from hpcyuan.model.counting import count_parameters
+from hpcyuan.parallel.pipeline import build_stage
+from hpcyuan.parallel.zero import ZeroAdamW
+from hpcyuan.runtime.job import Job
+from hpcyuan.train import TrainState
+
+BYTES_PER_PARAM = 16  # weight + fp32 master + exp_avg + exp_avg_sq
+GOALS = {"write_vs_raw": 0.9, "write_vs_dcp": 1.3, "read_vs_dcp": 1.8, "blocking_share": 0.10}
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+START = time.perf_counter()
+
+
+def log(line: str) -> None:
+    print(f"[{time.perf_counter() - START:6.1f} s] {line}", flush=True)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def spread(seconds: list[float], nbytes: int = 0) -> str:
+    """'median (fastest-slowest)': GB/s of `nbytes`, or seconds when nbytes is 0."""
+    values = (statistics.median(seconds), min(seconds), max(seconds))
+    if nbytes:
+        median, fastest, slowest = (nbytes / 1e9 / s for s in values)
+        return f"{median:.3f} ({fastest:.3f}-{slowest:.3f})"
+    return "{:.3f} s ({:.3f}-{:.3f})".format(*values)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# -- the state -----------------------------------------------------------------------------------
+
+
+def model_overrides(gib: float) -> list[str]:
+    """A Yuan model whose 16 bytes per parameter come to about `gib` GiB: hidden 1024 (256 below
+    0.5 GiB), ~60% of the parameters in decoder layers, the rest in the embedding."""
+    target = gib * 2**30 / BYTES_PER_PARAM
+    hidden = 1024 if gib >= 0.5 else 256
+    shape = {"hidden_size": hidden, "num_heads": hidden // 64, "vocab_size": 128}
+    one, two = (count_parameters(ModelConfig(**shape, num_layers=n)).total for n in (1, 2))
+    per_layer = two - one
+    layers = max(1, round(0.6 * target / per_layer))
+    vocab = max(128, round((target - layers * per_layer - hidden) / hidden / 128) * 128)
+    return [f"model.hidden_size={hidden}", f"model.num_heads={hidden // 64}", f"model.num_layers={layers}",
+            f"model.vocab_size={vocab}"]
+
+
+def build_state(cfg) -> tuple[Job, ZeroAdamW]:
+    """The job (one rank) and its real ZeroAdamW, every buffer filled with incompressible values."""
+    job = Job.start(cfg)
+    model = build_stage(cfg.model, job.topology, job.pp_rank)
+    model.init_weights(cfg.train.seed)
+    optimizer = ZeroAdamW(model, cfg.train, cfg.parallel.zero_stage, job.groups.dp, job.groups.world)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    optimizer.exp_avg.normal_(0.0, 1e-3, generator=gen)
+    optimizer.exp_avg_sq.normal_(0.0, 1e-3, generator=gen).square_()
+    optimizer.steps_taken = 1
+    return job, optimizer
+
+
+def progress(cfg) -> dict:
+    return dataclasses.asdict(TrainState(step=1, consumed_samples=cfg.train.global_batch_size))
+
+
+def checksum(update: Callable[[int, np.ndarray], int], arrays: list[np.ndarray]) -> int:
+    value = 0
+    for a in arrays:
+        value = update(value, a)
+    return value
+
+
+def crc_of(arrays: list[np.ndarray]) -> int:
+    return checksum(lambda crc, a: zlib.crc32(a, crc), arrays)
+
+
+def zero(arrays: list[np.ndarray]) -> None:
+    for a in arrays:
+        a.fill(0)
+
+
+# -- the page cache --------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+
+def files_under(where: Path) -> list[Path]:
+    if where.is_file():
+        return [where]
+    return [p for p in sorted(where.rglob("*")) if p.is_file() and not p.is_symlink()]
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of `path` in the page cache: mmap + mincore, as fincore(1) does (touches no page)."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), f"mmap {path}")
+        try:
+            vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {path}")
+            return int((np.frombuffer(vec.raw, dtype=np.uint8) & 1).sum()) * mmap.PAGESIZE
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def fadvise_evict(files: list[Path]) -> None:
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # DONTNEED drops clean pages only
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def drop_caches() -> bool:
+    """echo 1 > /proc/sys/vm/drop_caches (the whole page cache; root only); False if not allowed."""
+    try:
+        os.sync()
+        DROP_CACHES.write_text("1\n")
+        return True
+    except OSError:
+        return False
+
+
+def evict(where: Path) -> int:
+    """Drop every file under `where` from the page cache; returns the bytes still cached after
+    posix_fadvise, then drop_caches when fadvise left some."""
+    files = files_under(where)
+    fadvise_evict(files)
+    left = sum(resident_bytes(p) for p in files)
+    if left and drop_caches():
+        left = sum(resident_bytes(p) for p in files)
+    return left
+
+
+def probe_eviction(workdir: Path) -> str:
+    """Which eviction works here, on a 64 MiB file read into the cache before each try."""
+    path = workdir / "probe.bin"
+    with open(path, "wb") as fh:
+        fh.write(os.urandom(64 << 20))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def after(evict_fn: Callable[[], object]) -> str:
+        path.read_bytes()
+        cached = resident_bytes(path)
+        ok = evict_fn()
+        if ok is False:
+            return "not permitted"
+        return f"{cached >> 20} MiB cached -> {resident_bytes(path) >> 20} MiB after"
+
+    lines = (f"posix_fadvise(DONTNEED) per file: {after(lambda: fadvise_evict([path]))}; "
+             f"echo 1 > {DROP_CACHES}: {after(drop_caches)} (mincore)")
+    path.unlink()
+    return lines
+
+
+# -- the peers --------------------------------------------------------------------------------------
+
+
+def raw_write(path: Path, tensors: list[torch.Tensor]) -> None:
+    with open(path, "wb") as fh:
+        for t in tensors:
+            t.numpy().tofile(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_full(fh, array: np.ndarray) -> None:
+    """Fill `array` from the unbuffered file `fh` at its position."""
+    view = memoryview(array).cast("B")
+    while view:
+        n = fh.readinto(view)
+        if not n:
+            raise EOFError(f"{fh.name}: short file")
+        view = view[n:]
+
+
+def raw_read(path: Path, tensors: list[torch.Tensor]) -> None:
+    with open(path, "rb", buffering=0) as fh:
+        for t in tensors:
+            read_full(fh, t.numpy())
+
+
+def torch_write(path: Path, state: dict[str, torch.Tensor]) -> None:
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def torch_read(path: Path, state: dict[str, torch.Tensor]) -> None:
+    loaded = torch.load(path, weights_only=True)
+    for name, t in state.items():
+        t.copy_(loaded[name])
+
+
+def dcp_write(path: Path, state: dict[str, torch.Tensor]) -> None:
+    dcp.save(state, checkpoint_id=path, no_dist=True)
+
+
+def dcp_read(path: Path, state: dict[str, torch.Tensor]) -> None:
+    dcp.load(state, checkpoint_id=path, no_dist=True)
+
+
+def sync_save(saver: Saver, optimizer, cfg) -> None:
+    saver.save(optimizer, progress(cfg))
+
+
+def async_save(saver: Saver, optimizer, cfg) -> float:
+    """One hpcyuan save until committed; returns the seconds the caller spent inside save()."""
+    start = time.perf_counter()
+    saver.save(optimizer, progress(cfg))
+    blocking = time.perf_counter() - start
+    saver.wait()
+    return blocking
+
+
+def hpcyuan_restore(job, optimizer, cfg) -> None:
+    if restore(job, optimizer, cfg, say=lambda line: None) is None:
+        raise RuntimeError(f"no checkpoint to restore under {cfg.checkpoint.dir}")
+
+
+# -- options: the integrity checks of the write path ---------------------------------------------------
+
+
+def layout(p, chunk_bytes: int, fletcher: bool) -> dict:
+    """create_dataset arguments: chunks of <= chunk_bytes (as writer._write_dataset), or contiguous (0)."""
+    if not chunk_bytes:
+        return {}
+    return {"chunks": (max(1, min(p.data.size, chunk_bytes // p.data.itemsize)),), "fletcher32": fletcher}
+
+
+def write_current(tmp_dir: Path, pieces) -> None:
+    """hpcyuan's own write_shard (fletcher32 in 4 MiB chunks, crc32 read-back, fsync)."""
+    write_shard(tmp_dir, 0, pieces)
+
+
+@contextmanager
+def early_writeback(path: Path):
+    """OPTION: a thread fdatasyncs `path` every 20 ms while it is written, so the disk writes while
+    HDF5 and the checksums still run, and the final fsync finds little left to do."""
+    path.touch()
+    fd = os.open(path, os.O_RDONLY)
+    stop = threading.Event()
+
+    def flush() -> None:
+        while not stop.wait(0.02):
+            os.fdatasync(fd)
+
+    thread = threading.Thread(target=flush, name="early writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        os.close(fd)
+
+
+def create_piece(f: h5py.File, p, chunk_bytes: int = 0, fletcher: bool = False) -> h5py.Dataset:
+    """One piece as a dataset with writer._write_dataset's attrs; chunked as `layout` says."""
+    d = f.create_dataset(dataset_path(p.kind, p.name, p.start, p.stop), data=p.data, **layout(p, chunk_bytes, fletcher))
+    d.attrs["shape"] = np.asarray(p.shape, dtype=np.int64)
+    d.attrs["start"], d.attrs["stop"], d.attrs["dtype"] = p.start, p.stop, p.dtype
+    return d
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def write_variant(path: Path, pieces, chunk_bytes: int, fletcher: bool, check: str) -> None:
+    """A shard file as writer.write_shard writes it, with other integrity checks (OPTION). `check`:
+    "read-back" (crc32 of the closed file, read back, as hpcyuan), "memory" (crc32 of each piece's
+    buffer before writing it, as the dataset's attr "crc32") or "none"; fsync'd in every case."""
+    with create_h5(path) as f:
+        f.attrs["format_version"], f.attrs["rank"] = FORMAT_VERSION, 0
+        for p in pieces:
+            d = create_piece(f, p, chunk_bytes, fletcher)
+            if check == "memory":
+                d.attrs["crc32"] = zlib.crc32(p.data)
+    if check == "read-back":
+        sync_and_checksum(path)
+    else:
+        fsync_file(path)
+
+
+def data_spans(path: Path, pieces) -> list[tuple[int, int]]:
+    """(file offset, bytes) of each piece's contiguous dataset, in the pieces' order."""
+    with h5py.File(path, "r", locking=False) as f:
+        return [(d.id.get_offset(), d.id.get_storage_size())
+                for d in (f[dataset_path(p.kind, p.name, p.start, p.stop)] for p in pieces)]
+
+
+def metadata_crc32(path: Path, spans: list[tuple[int, int]]) -> int:
+    """crc32 of every byte of the file outside `spans`: HDF5's superblock, object headers, attributes,
+    heaps; a few KiB, read with plain reads."""
+    crc, pos = 0, 0
+    with open(path, "rb") as fh:
+        for offset, size in [*sorted(spans), (path.stat().st_size, 0)]:
+            fh.seek(pos)
+            crc = zlib.crc32(fh.read(offset - pos), crc)
+            pos = offset + size
+    return crc
+
+
+def write_proposal(path: Path, pieces, manifest: dict) -> None:
+    """OPTION, the proposal: contiguous datasets; the crc32 of each piece's buffer, computed by a helper
+    thread while HDF5 writes (zlib.crc32 releases the GIL), as the dataset's attr "crc32"; early
+    writeback; then into `manifest` (hpcyuan's manifest.json) each piece's file span and crc32 and the
+    crc32 of all other bytes of the file. Every byte is under one crc32: any flipped byte is detected,
+    a flipped data byte names its dataset, and both checks need no HDF5 (a damaged header can hang it)."""
+    with early_writeback(path), ThreadPoolExecutor(1) as helper:
+        crcs = [helper.submit(zlib.crc32, p.data) for p in pieces]
+        with create_h5(path) as f:
+            f.attrs["format_version"], f.attrs["rank"] = FORMAT_VERSION, 0
+            datasets = [create_piece(f, p) for p in pieces]
+            for d, crc in zip(datasets, crcs):
+                d.attrs["crc32"] = crc.result()
+        spans = data_spans(path, pieces)
+        manifest.update(spans=spans, crc32=[crc.result() for crc in crcs], metadata_crc32=metadata_crc32(path, spans))
+        fsync_file(path)
+
+
+def write_current_early(tmp_dir: Path, pieces) -> None:
+    """OPTION: hpcyuan's write_shard unchanged, with early writeback."""
+    with early_writeback(tmp_dir / "shard_00000.h5"):
+        write_shard(tmp_dir, 0, pieces)
+
+
+def write_raw_early(path: Path, tensors: list[torch.Tensor]) -> None:
+    """OPTION: the raw peer with the same early writeback, the ceiling for the proposal."""
+    with early_writeback(path):
+        raw_write(path, tensors)
+
+
+def read_proposal(path: Path, pieces, manifest: dict, with_hdf5: bool) -> None:
+    """The proposal's load (OPTION): the metadata's crc32 checked, then each piece read straight into the
+    state, through h5py (read_direct) or with plain reads at the manifest's spans; its crc32 computed by
+    a helper thread while the next one is read, and checked."""
+    if metadata_crc32(path, manifest["spans"]) != manifest["metadata_crc32"]:
+        raise RuntimeError(f"{path}: HDF5 metadata fails its crc32")
+    with ThreadPoolExecutor(1) as helper:
+        if with_hdf5:
+            with h5py.File(path, "r", locking=False) as f:
+                crcs = [read_direct(f, p, helper) for p in pieces]
+        else:
+            with open(path, "rb", buffering=0) as fh:
+                crcs = [read_span(fh, p, offset, helper) for p, (offset, _) in zip(pieces, manifest["spans"])]
+        for p, crc, expected in zip(pieces, crcs, manifest["crc32"]):
+            if crc.result() != expected:
+                raise RuntimeError(f"{path}: dataset {dataset_path(p.kind, p.name, p.start, p.stop)} fails its crc32")
+
+
+def read_direct(f: h5py.File, p, helper: ThreadPoolExecutor):
+    f[dataset_path(p.kind, p.name, p.start, p.stop)].read_direct(p.data)
+    return helper.submit(zlib.crc32, p.data)
+
+
+def read_span(fh, p, offset: int, helper: ThreadPoolExecutor):
+    fh.seek(offset)
+    read_full(fh, p.data)
+    return helper.submit(zlib.crc32, p.data)
+
+
+def load_without_crc_pass(root: Path, optimizer) -> None:
+    """hpcyuan's restore without reader.verify's crc32 pass over every file (OPTION): fletcher32 still
+    checks every chunk as it is read."""
+    with CheckpointReader(read_latest(root)) as reader:
+        load_rank_state(optimizer, reader.read)
+
+
+# label, the module it needs (none is a dependency of hpcyuan), update(checksum, buffer) -> checksum
+HASHERS = (
+    ("zlib.crc32", "zlib", lambda crc, b: zlib.crc32(b, crc)),
+    ("crc32c.crc32c (pip crc32c; CRC-32C, SSE4.2)", "crc32c",
+     lambda crc, b: importlib.import_module("crc32c").crc32c(b, crc)),
+    ("xxhash.xxh3_64 (pip xxhash; 64-bit hash, not a CRC)", "xxhash",
+     lambda h, b: importlib.import_module("xxhash").xxh3_64_intdigest(b, seed=h)),
+)
+
+
+# -- the machine ---------------------------------------------------------------------------------------
+
+
+def filesystem(path: Path) -> str:
+    """'fstype (device on mount point)' of the mount that holds `path`."""
+    best = ("", "?", "?")
+    target = str(path.resolve()).rstrip("/") + "/"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        device, mount, fstype = line.split()[:3]
+        mount = mount.replace("\\040", " ")
+        if target.startswith(mount.rstrip("/") + "/") and len(mount) >= len(best[0]):
+            best = (mount, fstype, device)
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def header(workdir: Path, cfg, nbytes: int, npieces: int, params: int) -> None:
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine   {os.cpu_count()} cores ({cpu_model()}), {mem:.0f} GiB RAM, load average {load}")
+    print(f"dir       {workdir}: {filesystem(workdir)}")
+    print(f"software  Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads), h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}, "
+          f"{' '.join(MPI.Get_library_version().splitlines()[0].split())}")
+    m = cfg.model
+    print(f"state     Yuan h {m.hidden_size}, {m.num_layers} layers, vocab {m.vocab_size}: {params / 1e6:.1f}M "
+          f"parameters x 16 bytes = {nbytes / 1e9:.3f} GB ({nbytes / 2**30:.3f} GiB) in {npieces} tensors "
+          f"(weight, master, exp_avg, exp_avg_sq of each parameter), 1 process = 1 shard file", flush=True)
+
+
+def check_space(workdir: Path, nbytes: int) -> None:
+    free = shutil.disk_usage(workdir).free
+    if free < 7 * nbytes:
+        raise SystemExit(f"{workdir}: {free / 1e9:.1f} GB free, this run needs ~{7 * nbytes / 1e9:.1f} GB")
+
+
+# -- the runs -------------------------------------------------------------------------------------------
+
+
+def run_writes(cases: dict[str, tuple[Path, Callable]], repeats: int, nbytes: int) -> dict[str, list]:
+    """{label: [(seconds, blocking or None), ...]}: each case `repeats` times, interleaved; each case's
+    output is removed before it writes (outside the timing)."""
+    out = {label: [] for label in cases}
+    for r in range(repeats):
+        for label, (path, fn) in cases.items():
+            remove(path)
+            start = time.perf_counter()
+            blocking = fn()
+            seconds = time.perf_counter() - start
+            out[label].append((seconds, blocking))
+            extra = f", blocking {blocking:.3f} s" if blocking is not None else ""
+            log(f"write {r + 1}/{repeats} {label}: {seconds:.2f} s = {nbytes / 1e9 / seconds:.3f} GB/s{extra}")
+    return out
+
+
+def run_reads(cases: dict[str, tuple[Path, Callable, list[np.ndarray]]], repeats: int, nbytes: int,
+              reference: int, cached: list[int]) -> dict[str, list[float]]:
+    """{label: [seconds, ...]}: before each read its files leave the page cache (the bytes left are
+    appended to `cached`) and its target is zeroed; after it, the target's crc32 must be `reference`."""
+    out = {label: [] for label in cases}
+    for r in range(repeats):
+        for label, (path, fn, target) in cases.items():
+            zero(target)
+            cached.append(evict(path))
+            seconds = timed(fn)
+            if crc_of(target) != reference:
+                raise SystemExit(f"{label}: the state read back differs from the one written")
+            out[label].append(seconds)
+            log(f"read {r + 1}/{repeats} {label}: {seconds:.2f} s = {nbytes / 1e9 / seconds:.3f} GB/s "
+                f"({cached[-1]} bytes were cached)")
+    return out
+
+
+def run_cpu(cases: dict[str, Callable], repeats: int, nbytes: int) -> dict[str, list[float]]:
+    out = {}
+    for label, fn in cases.items():
+        out[label] = [timed(fn) for _ in range(repeats)]
+        log(f"in memory {label}: {spread(out[label], nbytes)} GB/s")
+    return out
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in files_under(path))
+
+
+def goal_line(text: str, now: str, met: bool, option: str, option_met: bool) -> str:
+    return f"  {text:<38} {now:>6} {'met' if met else 'NOT met':<9}{option:>6} {'met' if option_met else 'NOT met'}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the saved state in GiB (default 1)")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"),
+                        help="where a fresh directory for the files is made, and removed at the end "
+                             "(default /var/tmp; use a disk, not tmpfs)")
+    parser.add_argument("--repeats", type=int, default=3, help="times each measurement runs (default 3)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")  # DCP in one process, as meant
+    args.dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="hpcyuan-ckpt-bench-", dir=args.dir))
+    try:
+        measure(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        log(f"removed {workdir}; load average now {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def measure(args, workdir: Path) -> None:
+    root = workdir / "hpcyuan"
+    cfg = load_config("tiny", [*model_overrides(args.gib), f"checkpoint.dir={root}", "checkpoint.async_save=false",
+                               f"train.run_dir={workdir / 'run'}"])
+    async_cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, async_save=True))
+    params = count_parameters(cfg.model).total
+    log(f"building the state: {params / 1e6:.1f}M parameters, ZeroAdamW, random Adam moments")
+    job, optimizer = build_state(cfg)
+    pieces = rank_pieces(optimizer, job.dp_rank)
+    hp_target = [p.data for p in pieces]  # numpy views of the optimizer's flat buffers
+    nbytes = sum(a.nbytes for a in hp_target)
+    state = {f"{p.kind}/{p.name}": torch.from_numpy(p.data.copy()) for p in pieces}
+    tensors = list(state.values())
+    peer_target = [t.numpy() for t in tensors]
+    reference = crc_of(hp_target)
+    header(workdir, cfg, nbytes, len(pieces), params)
+    if "tmpfs" in filesystem(workdir):
+        print(f"WARNING: {workdir} is tmpfs: these figures measure memory, not a disk", flush=True)
+    check_space(workdir, nbytes)
+    print(f"page cache eviction here: {probe_eviction(workdir)}", flush=True)
+
+    sync_saver, async_saver = Saver(job, cfg), Saver(job, async_cfg)
+    raw, pt, dc, opt_dir = workdir / "raw.bin", workdir / "torch.pt", workdir / "dcp", workdir / "options"
+    opt_dir.mkdir()
+    shard = opt_dir / "shard_00000.h5"
+
+    log("1-2. writes (fsync'd), every case in turn")
+    writes = run_writes({
+        "hpcyuan": (root, lambda: sync_save(sync_saver, optimizer, cfg)),
+        "raw": (raw, lambda: raw_write(raw, tensors)),
+        "torch": (pt, lambda: torch_write(pt, state)),
+        "dcp": (dc, lambda: dcp_write(dc, state)),
+        "hpcyuan async": (root, lambda: async_save(async_saver, optimizer, cfg)),
+    }, args.repeats, nbytes)
+    sizes = {"hpcyuan": disk_bytes(root), "raw": disk_bytes(raw), "torch": disk_bytes(pt), "dcp": disk_bytes(dc)}
+
+    log("1, 3. reads, each file evicted from the page cache first")
+    cached: list[int] = []
+    reads = run_reads({
+        "hpcyuan restore": (root, lambda: hpcyuan_restore(job, optimizer, cfg), hp_target),
+        "raw": (raw, lambda: raw_read(raw, tensors), peer_target),
+        "torch": (pt, lambda: torch_read(pt, state), peer_target),
+        "dcp": (dc, lambda: dcp_read(dc, state), peer_target),
+        "OPTION load without the crc32 pass": (root, lambda: load_without_crc_pass(root, optimizer), hp_target),
+    }, args.repeats, nbytes, reference, cached)
+
+    log("options: integrity checks on the write path (one shard file; the proposal writes last)")
+    manifest: dict = {}  # what the proposal's writer would add to manifest.json
+    variants = {  # the last one's file stays for the read below
+        "write_shard: fletcher32 4 MiB + crc32 read-back [current]": lambda: write_current(opt_dir, pieces),
+        "fletcher32 1 MiB chunks + crc32 read-back": lambda: write_variant(shard, pieces, 1 << 20, True, "read-back"),
+        "contiguous + crc32 read-back": lambda: write_variant(shard, pieces, 0, False, "read-back"),
+        "contiguous + crc32 of each buffer in memory": lambda: write_variant(shard, pieces, 0, False, "memory"),
+        "contiguous, no check [floor]": lambda: write_variant(shard, pieces, 0, False, "none"),
+        "[current] + early writeback": lambda: write_current_early(opt_dir, pieces),
+        "raw numpy tofile + early writeback [ceiling]": lambda: write_raw_early(shard, tensors),
+        "contiguous + crc32s in a thread + early writeback [proposal]": lambda: write_proposal(shard, pieces, manifest),
+    }
+    option_writes = run_writes({label: (shard, fn) for label, fn in variants.items()}, args.repeats, nbytes)
+    option_reads = run_reads({
+        "proposal: h5py read_direct + crc32s": (shard, lambda: read_proposal(shard, pieces, manifest, True), hp_target),
+        "proposal: plain reads at the spans + crc32s": (shard, lambda: read_proposal(shard, pieces, manifest, False),
+                                                        hp_target),
+    }, args.repeats, nbytes, reference, cached)
+
+    log("options: checksums in memory, CPU only")
+    installed = [(label, update) for label, module, update in HASHERS if importlib.util.find_spec(module)]
+    cpu = run_cpu({label: (lambda update=update: checksum(update, hp_target)) for label, update in installed},
+                  args.repeats, nbytes)
+    missing = [label for label, module, _ in HASHERS if not importlib.util.find_spec(module)]
+
+    report(args, nbytes, writes, reads, sizes, cached, option_writes, option_reads, cpu, missing)
+
+
+def report(args, nbytes, writes, reads, sizes, cached, option_writes, option_reads, cpu, missing) -> None:
+    secs = {label: [s for s, _ in rows] for label, rows in {**writes, **option_writes}.items()}
+    reads = {**reads, **option_reads}
+    w = {label: statistics.median(s) for label, s in secs.items()}  # write seconds
+    r = {label: statistics.median(s) for label, s in reads.items()}  # read seconds
+    print(f"\n== 1. Write and read: {nbytes / 1e9:.3f} GB of tensors, {args.repeats} repeats, median "
+          f"(fastest-slowest); 'hpcyuan/peer' = hpcyuan's speed over the peer's ==")
+    print(f"  {'':<40} {'write GB/s':<22} {'hpcyuan/peer':>12}   {'read GB/s':<22} {'hpcyuan/peer':>12}   on disk")
+    for label, name, read in (("hpcyuan", "hpcyuan Saver.save (sync) / restore", "hpcyuan restore"),
+                              ("raw", "raw numpy tofile / readinto", "raw"),
+                              ("torch", "torch.save / torch.load(weights_only)", "torch"),
+                              ("dcp", "DCP dcp.save / dcp.load", "dcp")):
+        print(f"  {name:<40} {spread(secs[label], nbytes):<22} {w[label] / w['hpcyuan']:>11.2f}x   "
+              f"{spread(reads[read], nbytes):<22} {r[read] / r['hpcyuan restore']:>11.2f}x   "
+              f"{sizes[label] / 1e9:.3f} GB")
+    print("  hpcyuan write = the whole synchronous save (shard with fletcher32 + crc32 read-back, fsync, commit);")
+    print("  hpcyuan read = collective.restore (verify: crc32 of every file; fletcher32-checked reads into the")
+    print(f"  optimizer). Page cache before each read: at most {max(cached)} bytes of the files resident "
+          f"(mincore), {len(cached)} reads.")
+    print("  One process writes one shard file; with N ranks, N shard files are written in parallel.")
+
+    blocking = [b for _, b in writes["hpcyuan async"]]
+    share = statistics.median(blocking) / w["hpcyuan"]
+    print("\n== 2. Async save: the caller's time inside Saver.save ==")
+    print(f"  {'synchronous save (async_save = false)':<52} {spread(secs['hpcyuan'])}")
+    print(f"  {'async save: blocking (copy of the state)':<52} {spread(blocking)} = "
+          f"{100 * share:.1f}% of the sync save")
+    print(f"  {'async save: until committed':<52} {spread(secs['hpcyuan async'])}")
+
+    print("\n== 3. Resume: the restore call itself (not a process start: building the model and the first "
+          "step cost both the same) ==")
+    print(f"  {'hpcyuan collective.restore into the optimizer':<52} {spread(reads['hpcyuan restore'])}")
+    print(f"  {'dcp.load into the same tensors':<52} {spread(reads['dcp'])}   "
+          f"hpcyuan is {r['dcp'] / r['hpcyuan restore']:.2f}x DCP's speed")
+
+    proposal_w = w["contiguous + crc32s in a thread + early writeback [proposal]"]
+    proposal_r = r["proposal: h5py read_direct + crc32s"]
+    print("\n== Goals (with the options: the proposal's shard write and h5py read) ==")
+    print(f"  {'':<38} {'hpcyuan now':<16}{'with the options'}")
+    for text, now, option, goal in (
+            ("write >= 0.9x raw", w["raw"] / w["hpcyuan"], w["raw"] / proposal_w, GOALS["write_vs_raw"]),
+            ("write >= 1.3x DCP", w["dcp"] / w["hpcyuan"], w["dcp"] / proposal_w, GOALS["write_vs_dcp"]),
+            ("read >= 1.8x DCP", r["dcp"] / r["hpcyuan restore"], r["dcp"] / proposal_r, GOALS["read_vs_dcp"])):
+        print(goal_line(text, f"{now:.2f}x", now >= goal, f"{option:.2f}x", option >= goal))
+    ceiling = w["raw numpy tofile + early writeback [ceiling]"] / proposal_w
+    print(f"  {'(write vs raw + early writeback)':<38} {'':>6} {'':<9}{ceiling:>5.2f}x")
+    option_share = statistics.median(blocking) / proposal_w  # the same copy before the proposal's save
+    print(goal_line("async blocking <= 10% of a full save", f"{100 * share:.1f}%", share <= GOALS["blocking_share"],
+                    f"{100 * option_share:.1f}%", option_share <= GOALS["blocking_share"]))
+
+    base = w["write_shard: fletcher32 4 MiB + crc32 read-back [current]"]
+    print("\n== Options (prototypes, NOT hpcyuan's code except [current]): one shard file, fsync'd ==")
+    print(f"  {'write path':<60} {'write GB/s':<22} vs current")
+    for label in option_writes:
+        print(f"  {label:<60} {spread(secs[label], nbytes):<22} {base / w[label]:.2f}x")
+    print(f"  {'raw numpy tofile (from 1.)':<60} {spread(secs['raw'], nbytes):<22} {base / w['raw']:.2f}x")
+    print(f"  {'hpcyuan Saver.save sync (from 1.: shard + commit)':<60} {spread(secs['hpcyuan'], nbytes):<22} "
+          f"{base / w['hpcyuan']:.2f}x")
+    print(f"  {'read path (page cache evicted first)':<60} {'read GB/s':<22} vs restore")
+    for label in ("hpcyuan restore", "OPTION load without the crc32 pass", *option_reads):
+        print(f"  {label:<60} {spread(reads[label], nbytes):<22} {r['hpcyuan restore'] / r[label]:.2f}x")
+    print(f"  {'checksum of the state in memory, CPU only':<60} {'GB/s':<22}")
+    for label, s in cpu.items():
+        print(f"  {label:<60} {spread(s, nbytes):<22}")
+    for label in missing:
+        print(f"  {label:<60} not installed")
+
+
+if __name__ == "__main__":
+    main()
