@@ -41,7 +41,7 @@ from hpcyuan.parallel.zero import ZeroAdamW
 from hpcyuan.runtime.deadline import Deadline
 from hpcyuan.runtime.faults import fault
 from hpcyuan.runtime.job import Job
-from hpcyuan.runtime.signals import EXIT_REQUEUE, StopRequest
+from hpcyuan.runtime.signals import EXIT_REQUEUE, stop_request
 from hpcyuan.spike_guard import SpikeGuard
 
 
@@ -124,7 +124,7 @@ def train(cfg: Config, config_path: str | None = None) -> TrainResult:
     attempts = Attempts(run_dir / "attempts.jsonl", enabled=job.is_main)
     attempts.started(job, state.step)
     saver = Saver(job, cfg)
-    stop = StopRequest()
+    stop = stop_request()  # installed at start by the CLI; signals since then are kept
     deadline = Deadline.of_job(job, sum(optimizer.state_bytes().values()) * 4 // 3)  # + the weights
     if deadline.end_time is not None:
         logger.say(f"the job ends at {time.strftime('%H:%M:%S', time.localtime(deadline.end_time))} (in "
