@@ -128,16 +128,23 @@ def cleanup(slurm):
 # the workflows
 
 
-def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_path, reference, cleanup):
+def preempt_a_training_job(slurm, tmp_path, run_dir: Path, cleanup, high_seconds: int):
+    """A 4-node training job in `low`, preempted once it has logged 2 steps by a 2-node job in
+    `normal` that runs `high_seconds`; returns (training job id, preemptor id, diagnostics)."""
     slurm.wait_idle(4)
-    run_dir = tmp_path / "preempt"
     vid = submit(run_dir, "slurm.partition=low", "slurm.nodes=4", "slurm.time=\"10\"", "slurm.signal_seconds=60",
                  "slurm.max_requeues=3")
     cleanup.append(vid)
     show = diagnostics(slurm, run_dir, vid)
     wait_for(lambda: steps_logged(run_dir) >= 2, 90, f"job {vid} training", show)
-    hid = high_job(slurm, tmp_path, nodes=2, seconds=2)
+    hid = high_job(slurm, tmp_path, nodes=2, seconds=high_seconds)
     cleanup.append(hid)
+    return vid, hid, show
+
+
+def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_path, reference, cleanup):
+    run_dir = tmp_path / "preempt"
+    vid, hid, _ = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, high_seconds=2)
     recs = wait_done(slurm, vid, run_dir, timeout=150)
     out = "\n".join(log_lines(run_dir, vid))
 
@@ -192,15 +199,8 @@ def test_preempted_on_four_nodes_resumes_on_two(slurm, tmp_path, reference, clea
     # range was tried first: Slurm 22.05 then started even the first slot on 2 of 4 idle nodes). The
     # preemptor keeps the other 2 nodes; the batch script runs dp = 2 instead of 4 and the checkpoint
     # reshards on load.
-    slurm.wait_idle(4)
     run_dir = tmp_path / "elastic"
-    vid = submit(run_dir, "slurm.partition=low", "slurm.nodes=4", "slurm.time=\"10\"", "slurm.signal_seconds=60",
-                 "slurm.max_requeues=3")
-    cleanup.append(vid)
-    show = diagnostics(slurm, run_dir, vid)
-    wait_for(lambda: steps_logged(run_dir) >= 2, 90, f"job {vid} training", show)
-    hid = high_job(slurm, tmp_path, nodes=2, seconds=300)
-    cleanup.append(hid)
+    vid, hid, show = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, high_seconds=300)
     wait_for(lambda: (lambda j: j.get("JobState") == "PENDING" and j.get("Restarts") == "1")(slurm.job(vid)), 60,
              f"job {vid} requeued", show)
     # min and max ("NumNodes=2" only lowers the minimum), and the tasks (4 tasks on 2 nodes of 1 each: BadConstraints)
