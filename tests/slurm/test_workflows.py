@@ -167,15 +167,19 @@ def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_pa
 
 def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespeare_512, cleanup):
     # --time=1 (Slurm's granularity is minutes; it checks limits about every 30 s, so the signal comes
-    # signal_seconds to ~signal_seconds + 30 s before the end): every slot trains ~5-30 s (here: ~15 s), saves, exits
-    # 75 and requeues itself; the run needs more than two slots of steps.
+    # signal_seconds to ~signal_seconds + 30 s before the end): every slot trains ~12-28 s (start-up and
+    # the early signal take the rest), saves, exits 75 and requeues itself. The run is sized to ~60 s of
+    # training at the speed measured here and now, so it needs 3 slots or more on a fast machine and on
+    # a loaded one (a fixed step count finished in one slot on a quiet machine).
+    rate = steps_per_second(tmp_path / "speed")
+    steps = max(40, int(rate * WALLTIME_TRAIN_S))
+    print(f"measured {rate:.2f} steps/s with 2 ranks: {steps} steps, ~{WALLTIME_TRAIN_S} s of training")
     slurm.wait_idle(1)
     run_dir = tmp_path / "walltime"
-    steps = WALLTIME_STEPS
     jid = submit(run_dir, "slurm.partition=normal", "slurm.nodes=1", "slurm.ranks_per_node=2", "slurm.time=\"1\"",
-                 "slurm.signal_seconds=20", "slurm.max_requeues=6", "train.global_batch_size=32", steps=steps)
+                 "slurm.signal_seconds=20", "slurm.max_requeues=10", "train.global_batch_size=32", steps=steps)
     cleanup.append(jid)
-    recs = wait_done(slurm, jid, run_dir, timeout=480)
+    recs = wait_done(slurm, jid, run_dir, timeout=720)
     out = "\n".join(log_lines(run_dir, jid))
     states = [r["State"] for r in recs]
     assert len(states) >= 3 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", (recs, out)
@@ -190,7 +194,16 @@ def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespea
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-WALLTIME_STEPS = 70  # ~1 step/s with 2 ranks here, ~25 s of training per 1-minute slot: 3 slots or more
+WALLTIME_TRAIN_S = 60  # seconds of training in the time-limit chain: > 2 slots of at most ~28 s each (measured)
+
+
+def steps_per_second(run_dir: Path) -> float:
+    """Training speed of the walltime test's run (tiny, batch 32, 2 ranks), measured over steps 3-8 of
+    a local `hpcyuan launch -n 2` (its start-up excluded)."""
+    training_runs.train(run_dir, 8, 1, 2, "--set", "train.global_batch_size=32")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    elapsed = {r["step"]: r["elapsed_s"] for r in rows if r["kind"] == "train"}
+    return 5 / (elapsed[8] - elapsed[3])
 
 
 def test_preempted_on_four_nodes_resumes_on_two(slurm, tmp_path, reference, cleanup):
