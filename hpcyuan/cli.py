@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Rank 0 prints a progress line every train.log_interval steps and writes "
                     "<train.run_dir>/metrics.jsonl, config.toml, summary.json and loss.png "
                     "(docs/metrics.md). A failing rank ends the whole job: exit status 1 crash, "
-                    "2 bad input, 3 a collective timed out (parallel.timeout_s).")
+                    "2 bad input, 3 a collective timed out (parallel.timeout_s); 75 stopped by SIGUSR2/SIGTERM or the job's "
+                    "deadline after saving a checkpoint (requeue it: the same command resumes).")
     add_config_args(train)
     train.add_argument("--steps", type=int, help="override train.steps")
     train.add_argument("--run-dir", help="override train.run_dir (metrics, config and checkpoints go here)")
