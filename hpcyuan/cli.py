@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         title="checkpoint commands", metavar="ACTION")
     for action, text in (("list", "one line per checkpoint under a directory: step, samples, layout, size, ok/BAD"),
                          ("inspect", "a checkpoint's metadata: step, data position, writing layout, model, tensors"),
-                         ("verify", "check sizes and checksums of every file and every dataset (fletcher32); "
+                         ("verify", "read everything and check every file's size and every crc32 (metadata and each "
+                                    "4 MiB block of data); "
                                     "exit 1 when something is wrong")):
         sub = ckpt.add_parser(action, help=text, description=text + ". PATH: a run's checkpoint directory "
                               "(<run_dir>/checkpoints) or one step_NNNNNNNN directory (docs/checkpoint-format.md).")

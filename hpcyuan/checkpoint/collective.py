@@ -2,9 +2,12 @@
 
     meta = restore(job, optimizer, cfg, say)    # before training: {"step", "consumed_samples", ...} or None
 
-On resume rank 0 picks the newest checkpoint that verifies
-(reader.latest_good, one line per skipped one) and every rank reads what its layout needs, from
-whatever layout wrote it. RNG states come back when the job has as many ranks as the writer.
+Rank 0 picks the newest checkpoint that passes the cheap checks (reader.latest_good: sizes, metadata
+crc32s; one line per skipped one) and every rank reads what its layout needs, from whatever layout
+wrote it, checking each block it reads against its crc32. Between them the ranks read, and so check,
+every byte of the checkpoint's data once. If any rank finds damage, all ranks agree on its one-line
+reason, which rank 0 prints, and go back to the previous good checkpoint. RNG states come back
+when the job has as many ranks as the writer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from hpcyuan.checkpoint.format import list_checkpoints, step_dir_name
 from hpcyuan.checkpoint.reader import CheckpointReader, latest_good
 from hpcyuan.checkpoint.saver import checkpoint_root
 from hpcyuan.checkpoint.state import load_rank_state
@@ -23,30 +27,64 @@ from hpcyuan.errors import HpcyuanError
 
 def restore(job, optimizer, cfg: Config, say: Callable[[str], None]) -> dict | None:
     """Load the newest good checkpoint under the config's checkpoint directory into this rank's
-    model and optimizer; returns its metadata, or None when there is none (a fresh start)."""
+    model and optimizer; returns its metadata, or None when there is none (a fresh start). Raises
+    HpcyuanError when there are checkpoints but none of them loads: a fresh start would overwrite them."""
     world, root = job.groups.world, checkpoint_root(cfg)
-    chosen = torch.tensor([-1], dtype=torch.int64)
-    if job.is_main and root.is_dir():
-        path, messages = latest_good(root)
-        for line in messages:
-            say(f"checkpoint: {line}")
-        if path is not None:
-            with CheckpointReader(path) as reader:
-                chosen[0] = reader.meta["step"]
-    world.broadcast(chosen)  # one rank verifies; all load the same step
-    if chosen[0] < 0:
-        return None
-    with CheckpointReader(root / f"step_{int(chosen[0]):08d}") as reader:
-        meta = reader.meta
-        check_same_model(meta, cfg, reader.dir)
-        load_rank_state(optimizer, reader.read)
-        optimizer.steps_taken = meta["optimizer_steps"]
-        if meta["layout"]["world_size"] == world.size:
-            torch.set_rng_state(torch.from_numpy(reader.state(f"rng/rank_{world.rank:05d}/torch_cpu").copy()))
+    older_than, said = None, set()
+    while True:
+        step = _choose(job, root, older_than, said, say)
+        if step == NONE:
+            return None
+        if step == NONE_GOOD:
+            raise HpcyuanError(f"no checkpoint under {root} can be loaded (reasons above); a fresh start "
+                               f"would overwrite them: move them aside to start afresh")
+        with CheckpointReader(root / step_dir_name(step)) as reader:
+            meta = reader.meta
+            check_same_model(meta, cfg, reader.dir)
+            problem = ""
+            try:
+                load_rank_state(optimizer, reader.read)
+                if meta["layout"]["world_size"] == world.size:
+                    rng = reader.state(f"rng/rank_{world.rank:05d}/torch_cpu")
+                    torch.set_rng_state(torch.from_numpy(rng.copy()))
+            except HpcyuanError as e:
+                problem = str(e)
+        replies = world.gather_bytes(problem.encode())
+        if job.is_main:
+            problem = next((r.decode() for r in replies if r), "")
+        problem = world.broadcast_text(problem)
+        if not problem:
+            break
+        if job.is_main:
+            say(f"checkpoint: skipping {problem}; loading the previous good checkpoint")
+        older_than = step
+    optimizer.steps_taken = meta["optimizer_steps"]
     layout = meta["layout"]
     say(f"resumed from {reader.dir} (step {meta['step']}, {meta['consumed_samples']:,} samples), written by "
         f"pp {layout['pp']} x dp {layout['dp']} {layout['layers_per_stage']}")
     return meta
+
+
+NONE, NONE_GOOD = -1, -2
+
+
+def _choose(job, root, older_than: int | None, said: set[str], say) -> int:
+    """The step rank 0 picks (newest that passes the cheap checks, below `older_than`), on every
+    rank; NONE when there is no checkpoint, NONE_GOOD when none is good. Each message is said once."""
+    chosen = torch.tensor([NONE], dtype=torch.int64)
+    if job.is_main and root.is_dir():
+        path, messages = latest_good(root, older_than)
+        for line in messages:
+            if line not in said:
+                say(f"checkpoint: {line}")
+                said.add(line)
+        if path is not None:
+            with CheckpointReader(path) as reader:
+                chosen[0] = reader.meta["step"]
+        elif list_checkpoints(root):
+            chosen[0] = NONE_GOOD
+    job.groups.world.broadcast(chosen)  # one rank verifies; all load the same step
+    return int(chosen[0])
 
 
 def check_same_model(meta: dict, cfg: Config, path) -> None:

@@ -1,14 +1,14 @@
-"""The on-disk checkpoint format, version 1: names, the `Piece` a rank writes, and the checks every
+"""The on-disk checkpoint format, version 2: names, the `Piece` a rank writes, and the checks every
 writer and reader shares. Pure Python + numpy + h5py, no MPI. Full description with the directory
 tree: docs/checkpoint-format.md.
 
     step_00001234/
-      shard_00000.h5    # /{kind}/{name}/{start}_{stop}: 1-D pieces of flattened global tensors
+      shard_00000.h5    # /{kind}/{name}/{start}_{stop}: 1-D contiguous pieces of flattened global tensors
       shard_00001.h5
       index.h5          # /{kind}/{name}: 1-D virtual dataset of the whole flattened tensor
       state.h5          # small arrays the caller gives (RNG states ...), optional
       meta.json         # step, consumed samples, config, code version, layout (caller's dict)
-      manifest.json     # written last: format version, every file's size and crc32, every piece
+      manifest.json     # written last: format version, every file's size and checksums, every piece
     latest -> step_00001234
 
 A piece is the flat element range [start, stop) of one logical tensor (`layers.3.attn.q_proj.weight`)
@@ -20,9 +20,10 @@ pieces of all ranks exactly once (`check_coverage`).
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,14 +32,17 @@ import numpy as np
 
 from hpcyuan.errors import HpcyuanError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: chunked shards with fletcher32, one crc32 per whole file
 KINDS = ("weight", "master", "exp_avg", "exp_avg_sq")
 INDEX, META, MANIFEST, STATE, LATEST = "index.h5", "meta.json", "manifest.json", "state.h5", "latest"
-CHECKSUM = "crc32"  # of each whole file, hex; zlib.crc32 runs at GB/s, sha256 would cost a pass more
+CHECKSUM = "crc32"  # zlib's, hex; it runs at GB/s and releases the GIL, sha256 would cost a pass more
 
-# Datasets are chunked so HDF5 can checksum them (fletcher32); 4 MiB chunks make that about free
-# (h5py's automatic 32 KiB chunks cost 2-3x in write speed, measured for issue [C]).
-CHUNK_BYTES = 4 << 20
+# Version 2 checksums a shard's data from memory while HDF5 writes it: one crc32 per block of
+# BLOCK_BYTES of each piece (a reader checks exactly the blocks it reads), plus one crc32 over every
+# other byte of the file (HDF5's superblock, headers, attributes). No read-back, no fletcher32
+# (which needs chunked datasets and costs ~0.4 s/GB): BENCHMARKS.md, issue [C].
+BLOCK_BYTES = 4 << 20
 
 # Logical dtype -> the numpy dtype it is stored as. bfloat16 has no numpy type: the caller passes its
 # bits as uint16 (`tensor.view(torch.int16).numpy().view(np.uint16)`) and the dataset carries
@@ -152,21 +156,29 @@ class Piece:
 
 @dataclass
 class ShardRecord:
-    """What one rank wrote: its file (relative name), size, checksum and pieces. JSON-serialisable so
-    the ranks can gather them over MPI as bytes (`to_bytes` / `from_bytes`)."""
+    """What one rank wrote: its file (relative name), size, pieces, and the checksums of version 2:
+    `offsets[i]` is the file offset of piece i's data (contiguous, `pieces[i]` bytes long),
+    `block_crc32[i]` the crc32 of each `block_bytes` block of it, `metadata_crc32` the crc32 of every
+    byte outside the data. JSON-serialisable so the ranks can gather them over MPI as bytes."""
 
     file: str
     bytes: int
-    checksum: str
     pieces: list[PieceInfo]
+    offsets: list[int]
+    block_bytes: int
+    block_crc32: list[list[int]]
+    metadata_crc32: str
 
     def to_json(self) -> dict:
-        return {"file": self.file, "bytes": self.bytes, CHECKSUM: self.checksum,
+        return {"file": self.file, "bytes": self.bytes, "metadata_crc32": self.metadata_crc32,
+                "offsets": self.offsets, "block_bytes": self.block_bytes, "block_crc32": self.block_crc32,
                 "pieces": [p.to_json() for p in self.pieces]}
 
     @staticmethod
     def from_json(d: dict) -> "ShardRecord":
-        return ShardRecord(d["file"], int(d["bytes"]), d[CHECKSUM], [PieceInfo.from_json(r) for r in d["pieces"]])
+        return ShardRecord(d["file"], int(d["bytes"]), [PieceInfo.from_json(r) for r in d["pieces"]],
+                           [int(o) for o in d["offsets"]], int(d["block_bytes"]),
+                           [[int(c) for c in b] for b in d["block_crc32"]], d["metadata_crc32"])
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json()).encode()
@@ -174,6 +186,10 @@ class ShardRecord:
     @staticmethod
     def from_bytes(b: bytes) -> "ShardRecord":
         return ShardRecord.from_json(json.loads(b.decode()))
+
+    def spans(self) -> list[tuple[int, int]]:
+        """(file offset, bytes) of each piece's data."""
+        return [(o, (p.stop - p.start) * np.dtype(STORAGE[p.dtype]).itemsize) for o, p in zip(self.offsets, self.pieces)]
 
 
 def check_coverage(records: list[ShardRecord]) -> dict[tuple[str, str], list[tuple[PieceInfo, str]]]:
@@ -206,6 +222,29 @@ def check_coverage(records: list[ShardRecord]) -> dict[tuple[str, str], list[tup
             raise HpcyuanError(f"checkpoint {kind} {name}: elements [{end}, {first.numel}) of {first.numel} "
                                f"are written by no rank")
     return tensors
+
+
+def block_crc32s(data: np.ndarray, block_bytes: int = BLOCK_BYTES) -> list[int]:
+    """crc32 of each `block_bytes` block of a piece's bytes (the last block may be shorter)."""
+    raw = memoryview(data).cast("B")
+    return [zlib.crc32(raw[i:i + block_bytes]) for i in range(0, len(raw), block_bytes)]
+
+
+def metadata_crc32(path, spans: list[tuple[int, int]]) -> str:
+    """crc32 (hex) of every byte of the file outside the data `spans` (offset, bytes): HDF5's
+    superblock, object headers, attributes, heaps; a few KiB, read with plain reads (no HDF5: a
+    damaged header could make HDF5 itself fail or hang). Raises ValueError when a span leaves the file."""
+    crc, pos = 0, 0
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        for offset, length in [*sorted(spans), (size, 0)]:
+            if offset < pos or offset + length > size:
+                raise ValueError(f"data span [{offset}, {offset + length}) overlaps another or leaves the file "
+                                 f"({size} bytes)")
+            fh.seek(pos)
+            crc = zlib.crc32(fh.read(offset - pos), crc)
+            pos = offset + length
+    return f"{crc:08x}"
 
 
 def list_checkpoints(root) -> list[tuple[int, Path]]:

@@ -7,23 +7,30 @@
         W = ck.read_tensor("weight", "embedding.weight")                     # full global shape
 
 `read` opens only the shard files whose pieces overlap the range (the piece table is in
-manifest.json), so a rank loading its ZeRO region of a new layout touches a few files. A plain h5py
-user needs none of this: `h5py.File("step_…/index.h5")["weight"][name][...]` is the whole flattened
-tensor (reshape it to the dataset's attr "shape"). Files are opened with locking=False (format.open_h5).
+manifest.json), so a rank loading its ZeRO region of a new layout touches a few files. It reads the
+data at the offsets the manifest records, with plain reads, and checks every block it reads against
+its crc32 (a helper thread checks one block while the next is read): loading is the deep check of
+the bytes it loads, so `verify` before a load only needs the cheap checks (sizes, metadata crc32s).
+A plain h5py user needs none of this: `h5py.File("step_…/index.h5")["weight"][name][...]` is the
+whole flattened tensor (reshape it to the dataset's attr "shape"). HDF5 files are opened with
+locking=False (format.open_h5). Version 1 checkpoints (fletcher32 chunks) are read through HDF5.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
 from hpcyuan.checkpoint.format import (
-    CHECKSUM, FORMAT_VERSION, MANIFEST, META, STATE, STORAGE, PieceInfo, dataset_path,
-    list_checkpoints, open_h5, read_latest,
+    CHECKSUM, KINDS, MANIFEST, META, READABLE_VERSIONS, STATE, STORAGE, PieceInfo,
+    ShardRecord, dataset_path, list_checkpoints, metadata_crc32, open_h5, read_latest,
 )
 from hpcyuan.checkpoint.writer import sync_and_checksum
 from hpcyuan.errors import HpcyuanError
@@ -31,15 +38,101 @@ from hpcyuan.errors import HpcyuanError
 __all__ = ["CheckpointReader", "latest_good", "list_checkpoints", "verify"]
 
 
-def verify(step_dir, deep: bool = False) -> list[str]:
+def verify(step_dir, deep: bool = False, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """Problems of a committed checkpoint directory, one line each; [] when it is good. Checks the
-    manifest (missing -> "partial"), the format version, and every file's presence, size and crc32.
-    A file whose checksum differs is also read dataset by dataset to name the pieces that fail
-    HDF5's fletcher32 check; `deep=True` does that read for every HDF5 file (slow: reads everything)."""
+    manifest (missing -> "partial"), the format version, every file's presence and size, the crc32
+    of each small file and of each shard's metadata (every byte but the data). `deep=True` also
+    reads the data of `kinds` and checks every block's crc32 (what a load does for what it reads)."""
     step_dir = Path(step_dir)
     manifest, problem = _load_manifest(step_dir)
     if problem:
         return [problem]
+    if manifest["format_version"] == 1:
+        return _verify_v1(step_dir, manifest, deep)
+    problems = []
+    for entry in manifest["files"]:
+        name, path = entry["name"], step_dir / entry["name"]
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+        elif CHECKSUM in entry:
+            if (checksum := sync_and_checksum(path, sync=False)[1]) != entry[CHECKSUM]:
+                problems.append(f"{name}: {CHECKSUM} {checksum}, the manifest says {entry[CHECKSUM]} (corrupted)")
+        else:
+            record = _shard_record(entry, manifest)
+            try:
+                checksum = metadata_crc32(path, record.spans())
+            except ValueError as e:
+                problems.append(f"{name}: {e}")
+                continue
+            if checksum != record.metadata_crc32:
+                problems.append(f"{name}: HDF5 metadata {CHECKSUM} {checksum}, the manifest says "
+                                f"{record.metadata_crc32} (corrupted)")
+            elif deep:
+                problems += _data_problems(path, record, kinds)
+    return problems
+
+
+def _shard_record(entry: dict, manifest: dict) -> ShardRecord:
+    return ShardRecord.from_json({**entry, "file": entry["name"], "pieces": manifest["pieces"][entry["name"]]})
+
+
+def _data_problems(path: Path, record: ShardRecord, kinds: tuple[str, ...]) -> list[str]:
+    """Every piece of `kinds` in a shard with a block whose crc32 differs from the manifest's."""
+    problems = []
+    with open(path, "rb", buffering=0) as fh:
+        for piece, offset, crcs in zip(record.pieces, record.offsets, record.block_crc32):
+            if piece.kind not in kinds:
+                continue
+            out = np.empty(piece.stop - piece.start, dtype=STORAGE[piece.dtype])
+            try:
+                _read_checked(fh, path.name, piece, offset, crcs, 0, out, None, record.block_bytes)
+            except HpcyuanError as e:
+                problems.append(str(e))
+    return problems
+
+
+def _read_checked(fh, file: str, piece: PieceInfo, offset: int, crcs: list[int], lo: int, out: np.ndarray,
+                  helper: ThreadPoolExecutor | None, block_bytes: int) -> list[tuple[Future, int, str]]:
+    """Read elements [lo, lo + out.size) of `piece` (element lo relative to the piece) from the
+    unbuffered file `fh`, whose data starts at `offset`, into `out`, reading every block it touches
+    whole so its crc32 can be checked. Blocks fully inside the range are read straight into `out`.
+    With a `helper` the checks run there and come back as (future, expected crc32, what failed);
+    without one a failed check raises HpcyuanError at once."""
+    item = out.itemsize
+    first, last = lo * item, (lo + out.size) * item  # byte range wanted, relative to the piece
+    size = (piece.stop - piece.start) * item
+    wanted = memoryview(out).cast("B")
+    checks = []
+    for b in range(first // block_bytes, (last + block_bytes - 1) // block_bytes):
+        bs, be = b * block_bytes, min((b + 1) * block_bytes, size)
+        inside = first <= bs and be <= last
+        block = wanted[bs - first:be - first] if inside else memoryview(bytearray(be - bs))
+        what = (f"{file}: {dataset_path(piece.kind, piece.name, piece.start, piece.stop)} bytes "
+                f"[{bs}, {be}) fail their {CHECKSUM} (corrupted)")
+        _pread_full(fh, block, offset + bs, file)
+        if not inside:
+            lo_b, hi_b = max(first, bs), min(last, be)
+            wanted[lo_b - first:hi_b - first] = block[lo_b - bs:hi_b - bs]
+        if helper is not None:
+            checks.append((helper.submit(zlib.crc32, block), crcs[b], what))
+        elif zlib.crc32(block) != crcs[b]:
+            raise HpcyuanError(what)
+    return checks
+
+
+def _pread_full(fh, view: memoryview, offset: int, file: str) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fh.fileno(), [view[done:]], offset + done)
+        if n == 0:
+            raise HpcyuanError(f"{file}: ends at byte {offset + done}, before the data it should hold (truncated)")
+        done += n
+
+
+def _verify_v1(step_dir: Path, manifest: dict, deep: bool) -> list[str]:
+    """Version 1: a crc32 of every whole file; fletcher32 chunks name the damaged datasets."""
     problems = []
     for entry in manifest.get("files", []):
         name, path = entry["name"], step_dir / entry["name"]
@@ -65,9 +158,10 @@ def _load_manifest(step_dir: Path) -> tuple[dict | None, str | None]:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return None, f"partial: {MANIFEST} unreadable ({' '.join(str(e).split())})"
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        return None, f"format version {version} unknown (this hpcyuan reads version {FORMAT_VERSION})"
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        return None, f"format version {version} unknown (this hpcyuan reads versions {readable})"
     return manifest, None
 
 
@@ -89,20 +183,23 @@ def _fletcher_problems(path: Path) -> list[str]:
     return bad
 
 
-def latest_good(root) -> tuple[Path | None, list[str]]:
+def latest_good(root, older_than: int | None = None, check: Callable[[Path], list[str]] = verify
+                ) -> tuple[Path | None, list[str]]:
     """(the newest checkpoint under `root` that verifies, or None; messages). Walks from the newest
     committed directory backwards (a crash between the rename and repointing `latest` leaves a newer
     complete checkpoint, which is used); one message line per checkpoint skipped and why, and one per
-    unfinished save (`step_N.tmp`) newer than the one chosen."""
+    unfinished save (`step_N.tmp`) newer than the one chosen. `older_than`: only steps below it
+    (after a newer one failed to load); `check`: the problems of a step directory (`verify`)."""
     root = Path(root)
-    ckpts = list_checkpoints(root)
+    every = list_checkpoints(root)
+    ckpts = [(s, p) for s, p in every if older_than is None or s < older_than]
     messages = []
     latest = read_latest(root)
-    if latest is not None and latest not in {p for _, p in ckpts}:
+    if latest is not None and latest not in {p for _, p in every}:
         messages.append(f"{root / 'latest'} names {latest.name}, which is not there; using the newest good checkpoint")
     chosen = None
     for _, path in reversed(ckpts):
-        problems = verify(path)
+        problems = check(path)
         if not problems:
             chosen = path
             break
@@ -117,8 +214,8 @@ def latest_good(root) -> tuple[Path | None, list[str]]:
 
 
 class CheckpointReader:
-    """Read tensors of one committed checkpoint by logical name and flat range. Does not verify:
-    call `verify` (or use `latest_good`) first; fletcher32 still catches corrupted pieces on read."""
+    """Read tensors of one committed checkpoint by logical name and flat range. Call `verify` (or use
+    `latest_good`) first for the cheap checks; every block read is checked against its crc32 here."""
 
     def __init__(self, step_dir):
         self.dir = Path(step_dir)
@@ -127,14 +224,25 @@ class CheckpointReader:
             raise HpcyuanError(f"checkpoint {self.dir}: {problem}")
         self.manifest = manifest
         self.meta: dict = json.loads((self.dir / META).read_text())
-        self._pieces: dict[tuple[str, str], list[tuple[PieceInfo, str]]] = {}
-        for file, rows in manifest["pieces"].items():
-            for row in rows:
-                p = PieceInfo.from_json(row)
-                self._pieces.setdefault((p.kind, p.name), []).append((p, file))
+        # (kind, name) -> [(piece, file, file offset, block crc32s)]; offset None: version 1 (via HDF5)
+        self._pieces: dict[tuple[str, str], list[tuple[PieceInfo, str, int | None, list[int]]]] = {}
+        self._block_bytes: dict[str, int] = {}  # file -> its crc32 block size
+        for entry in manifest["files"]:
+            if entry["name"] not in manifest["pieces"]:
+                continue
+            if manifest["format_version"] == 1:
+                rows = [(PieceInfo.from_json(r), None, []) for r in manifest["pieces"][entry["name"]]]
+            else:
+                rec = _shard_record(entry, manifest)
+                rows = zip(rec.pieces, rec.offsets, rec.block_crc32)
+                self._block_bytes[rec.file] = rec.block_bytes
+            for p, offset, crcs in rows:
+                self._pieces.setdefault((p.kind, p.name), []).append((p, entry["name"], offset, crcs))
         for pieces in self._pieces.values():
-            pieces.sort(key=lambda pf: pf[0].start)
+            pieces.sort(key=lambda row: row[0].start)
         self._open: dict[str, h5py.File] = {}
+        self._raw: dict[str, object] = {}
+        self._helper: ThreadPoolExecutor | None = None
 
     def names(self, kind: str) -> list[str]:
         """Logical names of the tensors of `kind` ("weight", "master", "exp_avg", "exp_avg_sq")."""
@@ -155,23 +263,37 @@ class CheckpointReader:
         return self._info(kind, name).dtype
 
     def read(self, kind: str, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Elements [start, stop) of the flattened tensor, 1-D, read from the overlapping shards only."""
+        """Elements [start, stop) of the flattened tensor, 1-D, read from the overlapping shards only;
+        raises HpcyuanError naming the file and the bytes when a block fails its crc32."""
         info = self._info(kind, name)
         stop = info.numel if stop is None else stop
         if not 0 <= start <= stop <= info.numel:
             raise ValueError(f"checkpoint read {kind} {name} [{start}, {stop}): outside [0, {info.numel})")
         out = np.empty(stop - start, dtype=STORAGE[info.dtype])
-        for p, file in self._pieces[(kind, name)]:
+        checks: list[tuple[Future, int, str]] = []
+        for p, file, offset, crcs in self._pieces[(kind, name)]:
             lo, hi = max(start, p.start), min(stop, p.stop)
             if lo >= hi:
                 continue
-            path = dataset_path(kind, name, p.start, p.stop)
-            try:
-                self._file(file)[path].read_direct(out, np.s_[lo - p.start:hi - p.start], np.s_[lo - start:hi - start])
-            except (OSError, KeyError) as e:
-                raise HpcyuanError(f"checkpoint {self.dir / file}: cannot read {path} "
-                                   f"({' '.join(str(e).split())})") from e
+            target = out[lo - start:hi - start]
+            if offset is None:
+                self._read_v1(file, p, lo, target)
+                continue
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, thread_name_prefix="checkpoint crc32")
+            checks += _read_checked(self._raw_file(file), file, p, offset, crcs, lo - p.start, target,
+                                    self._helper, self._block_bytes[file])
+        for future, expected, what in checks:
+            if future.result() != expected:
+                raise HpcyuanError(f"checkpoint {self.dir}: {what}")
         return out
+
+    def _read_v1(self, file: str, p: PieceInfo, lo: int, target: np.ndarray) -> None:
+        path = dataset_path(p.kind, p.name, p.start, p.stop)
+        try:
+            self._file(file)[path].read_direct(target, np.s_[lo - p.start:lo - p.start + target.size])
+        except (OSError, KeyError) as e:
+            raise HpcyuanError(f"checkpoint {self.dir / file}: cannot read {path} ({' '.join(str(e).split())})") from e
 
     def read_tensor(self, kind: str, name: str) -> np.ndarray:
         """The whole tensor in its global shape."""
@@ -189,10 +311,22 @@ class CheckpointReader:
             self._open[file] = open_h5(self.dir / file)
         return self._open[file]
 
+    def _raw_file(self, file: str):
+        if file not in self._raw:
+            try:
+                self._raw[file] = open(self.dir / file, "rb", buffering=0)
+            except OSError as e:
+                raise HpcyuanError(f"checkpoint {self.dir / file}: cannot open ({e.strerror})") from e
+        return self._raw[file]
+
     def close(self) -> None:
-        for f in self._open.values():
+        for f in [*self._open.values(), *self._raw.values()]:
             f.close()
         self._open.clear()
+        self._raw.clear()
+        if self._helper is not None:
+            self._helper.shutdown()
+            self._helper = None
 
     def __enter__(self) -> "CheckpointReader":
         return self
@@ -202,5 +336,5 @@ class CheckpointReader:
 
     def __repr__(self) -> str:
         kinds = {k for k, _ in self._pieces}
-        sizes = {k: sum(math.prod(p[0][0].shape) for (kk, _), p in self._pieces.items() if kk == k) for k in kinds}
+        sizes = {k: sum(p[0][0].numel for (kk, _), p in self._pieces.items() if kk == k) for k in kinds}
         return f"CheckpointReader({self.dir}, step={self.meta.get('step')}, elements={sizes})"

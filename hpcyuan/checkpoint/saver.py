@@ -181,10 +181,4 @@ class Saver:
 
     def _agree(self, problem: str) -> str:
         """Rank 0's verdict ('' = fine) on every rank."""
-        text = problem.encode()
-        size = self.comm.broadcast(torch.tensor([len(text)], dtype=torch.int64))
-        if int(size) == 0:
-            return ""
-        buf = torch.frombuffer(bytearray(text), dtype=torch.uint8) if self.comm.rank == 0 \
-            else torch.empty(int(size), dtype=torch.uint8)
-        return self.comm.broadcast(buf).numpy().tobytes().decode()
+        return self.comm.broadcast_text(problem)

@@ -244,6 +244,16 @@ class Comm:
             out.append(self.recv(torch.empty(n, dtype=torch.uint8), source).numpy().tobytes() if n else b"")
         return out
 
+    def broadcast_text(self, text: str, root: int = 0) -> str:
+        """`root`'s `text` on every rank (a verdict, an error line): its length, then its bytes."""
+        payload = text.encode() if self.rank == root else b""
+        size = int(self.broadcast(torch.tensor([len(payload)], dtype=torch.int64), root))
+        if size == 0:
+            return ""
+        buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if self.rank == root \
+            else torch.empty(size, dtype=torch.uint8)
+        return self.broadcast(buf, root).numpy().tobytes().decode()
+
     # -- group management ----------------------------------------------------------------------
 
     def barrier(self) -> None:

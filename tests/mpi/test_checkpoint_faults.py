@@ -44,7 +44,7 @@ def flip_a_data_byte(step_dir):
     with h5py.File(shard, "r") as f:
         name = next(n for n in f["weight"].keys())
         d = f["weight"][name][next(iter(f["weight"][name].keys()))]
-        offset = d.id.get_chunk_info(0).byte_offset
+        offset = d.id.get_offset()
     with open(shard, "r+b") as fh:
         fh.seek(offset + 7)
         byte = fh.read(1)
@@ -53,7 +53,7 @@ def flip_a_data_byte(step_dir):
 
 
 DAMAGE = {
-    "flipped-byte": (flip_a_data_byte, "shard_00001.h5: crc32"),
+    "flipped-byte": (flip_a_data_byte, "fail their crc32 (corrupted)"),
     "missing-shard": (lambda d: (d / "shard_00001.h5").unlink(), "shard_00001.h5"),
     "missing-manifest": (lambda d: (d / "manifest.json").unlink(), "partial: no manifest.json"),
 }

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 
 import h5py
@@ -114,41 +115,88 @@ def test_latest_and_retention(tmp_path):
     assert [s for s, _ in list_checkpoints(root)] == [3, 8]
 
 
-def test_flipped_byte_is_named_and_falls_back(tmp_path):
+def flip(path, offset: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)[0]
+        fh.seek(offset)
+        fh.write(bytes([byte ^ 0x01]))
+
+
+def data_offset(shard, dataset: str) -> int:
+    with h5py.File(shard, "r") as f:
+        return f[dataset].id.get_offset()
+
+
+def test_flipped_data_byte_is_named_by_the_read_and_by_deep_verify(tmp_path):
+    root = tmp_path / "ck"
+    save(root, 1)
+    path, full = save(root, 2)
+    # shard 2 holds embedding.weight [30, 66) of every kind: 36 floats, one crc32 block
+    shard = path / "shard_00002.h5"
+    flip(shard, data_offset(shard, "weight/embedding.weight/30_66") + 17)
+    assert verify(path) == []  # the cheap checks leave the data to the reads, which check every block
+    named = "shard_00002.h5: /weight/embedding.weight/30_66 bytes [0, 144) fail their crc32 (corrupted)"
+    assert verify(path, deep=True) == [named]
+    with CheckpointReader(path) as ck:
+        with pytest.raises(HpcyuanError, match=re.escape(named)):
+            ck.read("weight", "embedding.weight", 40, 41)
+        # the other shards and the other datasets of this one read fine
+        assert np.array_equal(ck.read("weight", "embedding.weight", 0, 30), full[("weight", "embedding.weight")].reshape(-1)[:30])
+        assert np.array_equal(ck.read("master", "embedding.weight"), full[("master", "embedding.weight")].reshape(-1))
+
+
+def test_flipped_metadata_byte_is_named_and_falls_back(tmp_path):
     root = tmp_path / "ck"
     save(root, 1)
     path, _ = save(root, 2)
-    # a byte inside a piece's data: shard 2 holds embedding.weight [30, 66) of every kind
-    shard = path / "shard_00002.h5"
-    with h5py.File(shard, "r") as f:
-        offset = f["weight/embedding.weight/30_66"].id.get_chunk_info(0).byte_offset  # its one chunk
-    data = bytearray(shard.read_bytes())
-    data[offset + 17] ^= 0x01
-    shard.write_bytes(bytes(data))
+    flip(path / "shard_00002.h5", 40)  # in HDF5's superblock / root group header
     problems = verify(path)
-    print("\n".join(problems))
-    assert problems[0].startswith("shard_00002.h5: crc32")
-    assert any("/weight/embedding.weight/30_66 corrupted, fails its fletcher32" in p for p in problems)
+    assert len(problems) == 1 and problems[0].startswith("shard_00002.h5: HDF5 metadata crc32"), problems
     good, messages = latest_good(root)
-    print("\n".join(messages))
     assert good == root / "step_00000001"
     assert len(messages) == 1 and "step_00000002" in messages[0] and "shard_00002.h5" in messages[0]
     assert "\n" not in messages[0]
-    with CheckpointReader(path) as ck, pytest.raises(HpcyuanError, match="shard_00002.h5: cannot read"):
-        ck.read("weight", "embedding.weight", 40, 41)
 
 
 def test_a_flipped_byte_anywhere_in_a_shard_is_reported_never_raised(tmp_path):
-    """Metadata too: a byte flipped in an object header makes h5py raise RuntimeError, not OSError."""
+    """Every byte is under one crc32: the cheap checks catch a flipped metadata byte (where HDF5
+    itself could fail in odd ways: h5py raises RuntimeError for a damaged object header), the deep
+    check any byte."""
     path, _ = save(tmp_path / "ck", 1)
     shard = path / "shard_00002.h5"
     original = shard.read_bytes()
-    for offset in range(0, len(original), max(1, len(original) // 64)):
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = next(e for e in manifest["files"] if e["name"] == shard.name)
+    sizes = [(b - a) * 4 for _, _, _, a, b, _ in manifest["pieces"][shard.name]]
+    in_data = {o for offset, size in zip(entry["offsets"], sizes) for o in range(offset, offset + size)}
+    for offset in range(0, len(original), max(1, len(original) // 97)):
         data = bytearray(original)
         data[offset] ^= 0xFF
         shard.write_bytes(bytes(data))
-        problems = verify(path)
-        assert problems and problems[0].startswith("shard_00002.h5: crc32"), (offset, problems)
+        deep = verify(path, deep=True)
+        assert deep and deep[0].startswith("shard_00002.h5: "), (offset, deep)
+        assert bool(verify(path)) == (offset not in in_data), offset
+
+
+def test_reads_check_every_block_they_touch(tmp_path):
+    """Pieces of many crc32 blocks (64 bytes here): any range reads back exactly, and a flipped byte
+    fails exactly the reads that touch its block."""
+    data = np.arange(1000, dtype=np.float32)
+    tmp = begin(tmp_path, 1)
+    record = write_shard(tmp, 0, [Piece("w", "weight", (1000,), 0, 1000, data)], block_bytes=64)
+    assert record.block_bytes == 64 and len(record.block_crc32[0]) == 63  # 4000 bytes
+    path = commit(tmp_path, 1, [record], {})
+    with CheckpointReader(path) as ck:
+        for start, stop in [(0, 1000), (0, 16), (3, 5), (15, 17), (16, 32), (17, 999), (999, 1000), (500, 500)]:
+            assert np.array_equal(ck.read("weight", "w", start, stop), data[start:stop]), (start, stop)
+    flip(path / "shard_00000.h5", record.offsets[0] + 64 * 10 + 3)  # block 10: elements [160, 176)
+    with CheckpointReader(path) as ck:
+        assert np.array_equal(ck.read("weight", "w", 0, 160), data[:160])
+        assert np.array_equal(ck.read("weight", "w", 176, 1000), data[176:])
+        for start, stop in [(0, 1000), (170, 171), (159, 161), (175, 200)]:
+            with pytest.raises(HpcyuanError, match=re.escape("bytes [640, 704) fail their crc32")):
+                ck.read("weight", "w", start, stop)
 
 
 def test_missing_manifest_is_partial_and_skipped(tmp_path):
@@ -171,7 +219,7 @@ def test_missing_shard_and_unknown_version_are_named(tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
-    assert verify(path) == ["format version 99 unknown (this hpcyuan reads version 1)"]
+    assert verify(path) == ["format version 99 unknown (this hpcyuan reads versions 1, 2)"]
     assert latest_good(tmp_path)[0] is None
 
 
@@ -254,3 +302,24 @@ def test_disk_full_inside_hdf5_is_caught_before_hdf5_sees_it(tmp_path, monkeypat
     assert os.listdir(tmp) == []  # its partial shard is removed; the caller aborts the save
     writer.abort(tmp)
     assert sorted(os.listdir(root)) == ["latest", "step_00000001"] and latest_good(root) == (first, [])
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    """golden/checkpoint_v1: `save(root, 1, arrays=...)` of this file written by hpcyuan's format 1
+    (chunked shards with fletcher32, a crc32 per whole file), kept so that runs saved before format 2
+    resume."""
+    path = tmp_path / "step_00000001"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "golden", "checkpoint_v1", "step_00000001"), path)
+    assert json.loads((path / "manifest.json").read_text())["format_version"] == 1
+    assert verify(path, deep=True) == []
+    with CheckpointReader(path) as ck:
+        for (kind, name), full in tensors(1).items():
+            assert np.array_equal(ck.read(kind, name), full.reshape(-1)), (kind, name)
+        assert np.array_equal(ck.state("rng/rank_00000/torch_cpu"), np.arange(10, dtype=np.uint8))
+    shard = path / "shard_00002.h5"
+    with h5py.File(shard, "r") as f:
+        offset = f["weight/embedding.weight/30_66"].id.get_chunk_info(0).byte_offset
+    flip(shard, offset + 17)
+    problems = verify(path)
+    assert problems[0].startswith("shard_00002.h5: crc32")
+    assert any("/weight/embedding.weight/30_66 corrupted, fails its fletcher32" in p for p in problems)
