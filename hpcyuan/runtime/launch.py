@@ -57,9 +57,9 @@ def launch(num_ranks: int, hpcyuan_args: Sequence[str], environ: Mapping[str, st
     """Run hpcyuan on `num_ranks` local ranks; returns mpiexec's exit status (a rank's abort code:
     1 crash, 2 user error, 3 collective timeout: runtime/watchdog.py; 75 stopped by a
     signal after saving, requeue: runtime/signals.py)."""
+    command = mpiexec_command(find_mpiexec(), num_ranks, hpcyuan_args)  # checks num_ranks first
     env = dict(os.environ if environ is None else environ)
     env["OMP_NUM_THREADS"] = threads_per_rank(num_ranks, env)
-    command = mpiexec_command(find_mpiexec(), num_ranks, hpcyuan_args)
     proc = subprocess.Popen(command, env=env)
     # A stop signal for this process goes to the ranks as SIGTERM: MPICH's mpiexec forwards SIGTERM
     # to every rank, but dies of SIGUSR2 itself (measured), taking the ranks down unsaved.
