@@ -270,6 +270,18 @@ class CheckpointReader:
         if not 0 <= start <= stop <= info.numel:
             raise ValueError(f"checkpoint read {kind} {name} [{start}, {stop}): outside [0, {info.numel})")
         out = np.empty(stop - start, dtype=STORAGE[info.dtype])
+        self.read_into(kind, name, start, out)
+        return out
+
+    def read_into(self, kind: str, name: str, start: int, out: np.ndarray) -> None:
+        """`read` into `out` (1-D, C-contiguous, the stored dtype): elements [start, start + out.size).
+        Blocks wholly inside the range go from the file straight into `out`, with no other copy."""
+        info = self._info(kind, name)
+        stop = start + out.size
+        if not 0 <= start <= stop <= info.numel:
+            raise ValueError(f"checkpoint read {kind} {name} [{start}, {stop}): outside [0, {info.numel})")
+        if out.ndim != 1 or not out.flags.c_contiguous or out.dtype != np.dtype(STORAGE[info.dtype]):
+            raise ValueError(f"checkpoint read {kind} {name}: `out` must be 1-D, contiguous, {STORAGE[info.dtype]}")
         checks: list[tuple[Future, int, str]] = []
         for p, file, offset, crcs in self._pieces[(kind, name)]:
             lo, hi = max(start, p.start), min(stop, p.stop)
@@ -286,7 +298,6 @@ class CheckpointReader:
         for future, expected, what in checks:
             if future.result() != expected:
                 raise HpcyuanError(f"checkpoint {self.dir}: {what}")
-        return out
 
     def _read_v1(self, file: str, p: PieceInfo, lo: int, target: np.ndarray) -> None:
         path = dataset_path(p.kind, p.name, p.start, p.stop)

@@ -1,7 +1,7 @@
 """What one rank saves and how any rank loads it back: the training state as pieces of logical tensors.
 
     pieces = rank_pieces(optimizer, stage_rank_info)   # this rank's share: (name, kind, shape, start, stop, data)
-    load_rank_state(optimizer, read)                   # read(kind, name, start, stop) -> 1-D numpy array
+    load_rank_state(optimizer, read_into)              # read_into(kind, name, start, out): fill 1-D numpy `out`
 
 A piece is a contiguous range [start, stop) of the *flattened* global tensor of one logical parameter
 (`embedding.weight`, `layers.3.attn.q_proj.weight`, ...) and one kind: the weight itself, or the
@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 
 from hpcyuan.checkpoint.format import Piece
 
@@ -55,17 +54,19 @@ def rank_pieces(optimizer, dp_rank: int) -> list[Piece]:
     return pieces
 
 
-def load_rank_state(optimizer, read: Callable[[str, str, int, int], np.ndarray]) -> None:
+def load_rank_state(optimizer, read_into: Callable[[str, str, int, np.ndarray], None]) -> None:
     """Fill this rank's weights (all of its stage's parameters) and optimizer block from a checkpoint
-    written by any layout; `read(kind, name, start, stop)` returns that flat range of a tensor."""
+    written by any layout; `read_into(kind, name, start, out)` fills the numpy array `out` with
+    elements [start, start + out.size) of a flattened tensor (CheckpointReader.read_into), here
+    straight into the live buffers."""
     flat = optimizer.flat
     for seg in flat.segments:
         name = logical(seg.name)
-        flat.data[seg.start:seg.start + seg.numel].copy_(torch.from_numpy(read("weight", name, 0, seg.numel)))
+        read_into("weight", name, 0, flat.data[seg.start:seg.start + seg.numel].detach().numpy())
         part = seg.region.intersect(optimizer.owned)
         if part is None:
             continue
         for kind, target in (("master", optimizer.master), ("exp_avg", optimizer.exp_avg),
                              ("exp_avg_sq", optimizer.exp_avg_sq)):
-            values = read(kind, name, part.start - seg.start, part.end - seg.start)
-            target[part.start - optimizer.owned.start:part.end - optimizer.owned.start].copy_(torch.from_numpy(values))
+            owned = target[part.start - optimizer.owned.start:part.end - optimizer.owned.start]
+            read_into(kind, name, part.start - seg.start, owned.detach().numpy())

@@ -190,6 +190,11 @@ def test_reads_check_every_block_they_touch(tmp_path):
     with CheckpointReader(path) as ck:
         for start, stop in [(0, 1000), (0, 16), (3, 5), (15, 17), (16, 32), (17, 999), (999, 1000), (500, 500)]:
             assert np.array_equal(ck.read("weight", "w", start, stop), data[start:stop]), (start, stop)
+        into = np.zeros(1000, dtype=np.float32)
+        ck.read_into("weight", "w", 17, into[100:900])  # straight into a caller's buffer
+        assert np.array_equal(into[100:900], data[17:817]) and not into[:100].any() and not into[900:].any()
+        with pytest.raises(ValueError, match="contiguous, float32"):
+            ck.read_into("weight", "w", 0, into[::2])
     flip(path / "shard_00000.h5", record.offsets[0] + 64 * 10 + 3)  # block 10: elements [160, 176)
     with CheckpointReader(path) as ck:
         assert np.array_equal(ck.read("weight", "w", 0, 160), data[:160])
