@@ -43,7 +43,9 @@ def restore(job, optimizer, cfg: Config, say: Callable[[str], None]) -> dict | N
             check_same_model(meta, cfg, reader.dir)
             problem = ""
             try:
-                load_rank_state(optimizer, reader.read_into)
+                # every block's crc32 is checked while the next ones are read, all before use
+                load_rank_state(optimizer, lambda *where: reader.read_into(*where, check=False))
+                reader.check_reads()
                 if meta["layout"]["world_size"] == world.size:
                     rng = reader.state(f"rng/rank_{world.rank:05d}/torch_cpu")
                     torch.set_rng_state(torch.from_numpy(rng.copy()))

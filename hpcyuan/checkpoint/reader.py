@@ -37,6 +37,8 @@ from hpcyuan.errors import HpcyuanError
 
 __all__ = ["CheckpointReader", "latest_good", "list_checkpoints", "verify"]
 
+READ_BYTES = 32 << 20
+
 
 def verify(step_dir, deep: bool = False, kinds: tuple[str, ...] = KINDS) -> list[str]:
     """Problems of a committed checkpoint directory, one line each; [] when it is good. Checks the
@@ -97,28 +99,42 @@ def _read_checked(fh, file: str, piece: PieceInfo, offset: int, crcs: list[int],
                   helper: ThreadPoolExecutor | None, block_bytes: int) -> list[tuple[Future, int, str]]:
     """Read elements [lo, lo + out.size) of `piece` (element lo relative to the piece) from the
     unbuffered file `fh`, whose data starts at `offset`, into `out`, reading every block it touches
-    whole so its crc32 can be checked. Blocks fully inside the range are read straight into `out`.
-    With a `helper` the checks run there and come back as (future, expected crc32, what failed);
-    without one a failed check raises HpcyuanError at once."""
+    whole so its crc32 can be checked. Runs of blocks fully inside the range are read straight into
+    `out`, READ_BYTES per read (a larger request keeps more of the disk busy); the one or two blocks
+    at the ends of the range through a buffer. With a `helper` the checks run there and come back
+    as (future, expected crc32, what failed); without one a failed check raises HpcyuanError at once."""
     item = out.itemsize
     first, last = lo * item, (lo + out.size) * item  # byte range wanted, relative to the piece
     size = (piece.stop - piece.start) * item
     wanted = memoryview(out).cast("B")
+    dataset = dataset_path(piece.kind, piece.name, piece.start, piece.stop)
     checks = []
-    for b in range(first // block_bytes, (last + block_bytes - 1) // block_bytes):
-        bs, be = b * block_bytes, min((b + 1) * block_bytes, size)
-        inside = first <= bs and be <= last
-        block = wanted[bs - first:be - first] if inside else memoryview(bytearray(be - bs))
-        what = (f"{file}: {dataset_path(piece.kind, piece.name, piece.start, piece.stop)} bytes "
-                f"[{bs}, {be}) fail their {CHECKSUM} (corrupted)")
-        _pread_full(fh, block, offset + bs, file)
-        if not inside:
-            lo_b, hi_b = max(first, bs), min(last, be)
-            wanted[lo_b - first:hi_b - first] = block[lo_b - bs:hi_b - bs]
+
+    def check(b: int, block: memoryview) -> None:
+        bs = b * block_bytes
+        what = f"{file}: {dataset} bytes [{bs}, {bs + len(block)}) fail their {CHECKSUM} (corrupted)"
         if helper is not None:
             checks.append((helper.submit(zlib.crc32, block), crcs[b], what))
         elif zlib.crc32(block) != crcs[b]:
             raise HpcyuanError(what)
+
+    blocks = range(first // block_bytes, (last + block_bytes - 1) // block_bytes)
+    inside = [b for b in blocks if first <= b * block_bytes and min((b + 1) * block_bytes, size) <= last]
+    per_read = max(1, READ_BYTES // block_bytes)
+    for r in range(0, len(inside), per_read):
+        run = inside[r:r + per_read]
+        rs, re_ = run[0] * block_bytes, min((run[-1] + 1) * block_bytes, size)
+        _pread_full(fh, wanted[rs - first:re_ - first], offset + rs, file)
+        for b in run:
+            bs = b * block_bytes
+            check(b, wanted[bs - first:min(bs + block_bytes, size) - first])
+    for b in sorted({blocks[0], blocks[-1]} - set(inside) if blocks else ()):  # only the ends can be partial
+        bs, be = b * block_bytes, min((b + 1) * block_bytes, size)
+        block = memoryview(bytearray(be - bs))
+        _pread_full(fh, block, offset + bs, file)
+        lo_b, hi_b = max(first, bs), min(last, be)
+        wanted[lo_b - first:hi_b - first] = block[lo_b - bs:hi_b - bs]
+        check(b, block)
     return checks
 
 
@@ -243,6 +259,7 @@ class CheckpointReader:
         self._open: dict[str, h5py.File] = {}
         self._raw: dict[str, object] = {}
         self._helper: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[Future, int, str]] = []  # crc32 checks not yet waited for
 
     def names(self, kind: str) -> list[str]:
         """Logical names of the tensors of `kind` ("weight", "master", "exp_avg", "exp_avg_sq")."""
@@ -273,9 +290,11 @@ class CheckpointReader:
         self.read_into(kind, name, start, out)
         return out
 
-    def read_into(self, kind: str, name: str, start: int, out: np.ndarray) -> None:
+    def read_into(self, kind: str, name: str, start: int, out: np.ndarray, check: bool = True) -> None:
         """`read` into `out` (1-D, C-contiguous, the stored dtype): elements [start, start + out.size).
-        Blocks wholly inside the range go from the file straight into `out`, with no other copy."""
+        Blocks wholly inside the range go from the file straight into `out`, with no other copy.
+        `check=False` returns before the last blocks' crc32s are checked (they run on, overlapped
+        with the next reads): the caller must then call `check_reads()` before using the data."""
         info = self._info(kind, name)
         stop = start + out.size
         if not 0 <= start <= stop <= info.numel:
@@ -295,7 +314,14 @@ class CheckpointReader:
                 self._helper = ThreadPoolExecutor(1, thread_name_prefix="checkpoint crc32")
             checks += _read_checked(self._raw_file(file), file, p, offset, crcs, lo - p.start, target,
                                     self._helper, self._block_bytes[file])
-        for future, expected, what in checks:
+        self._pending += checks
+        if check:
+            self.check_reads()
+
+    def check_reads(self) -> None:
+        """Wait for the crc32 checks of every read so far; raise HpcyuanError for a failed one."""
+        pending, self._pending = self._pending, []
+        for future, expected, what in pending:
             if future.result() != expected:
                 raise HpcyuanError(f"checkpoint {self.dir}: {what}")
 

@@ -131,7 +131,8 @@ class Saver:
         if self._buffers is None or [b.shape for b in self._buffers] != [p.data.shape for p in pieces]:
             self._buffers = [np.empty_like(p.data) for p in pieces]
         for buf, p in zip(self._buffers, pieces):
-            np.copyto(buf, p.data)
+            # torch's copy uses its intra-op threads (np.copyto one): 12 vs 8 GB/s on 2 cores here
+            torch.from_numpy(buf).copy_(torch.from_numpy(p.data))
         return [dataclasses.replace(p, data=buf) for p, buf in zip(pieces, self._buffers)]
 
     def _write(self, snap: Snapshot, start: float) -> None:
