@@ -202,7 +202,8 @@ Prints the prompt and its continuation; the same weights, prompt and --seed give
         "submit", help="submit a training run as a Slurm batch job (checkpoint, requeue, resume)",
         description="Render slurm/train.sbatch for a config and a site profile (slurm/sites/<SITE>.toml) and "
                     "submit it with sbatch; prints the job id (--dry-run: prints the script instead). The job "
-                    "asks for slurm.nodes nodes x slurm.ranks_per_node ranks, slurm.time, the stop signal "
+                    "asks for slurm.nodes nodes (slurm.min_nodes-slurm.nodes when min_nodes is set) x "
+                    "slurm.ranks_per_node ranks, slurm.time, the stop signal "
                     "slurm.signal slurm.signal_seconds before the end, and requeues itself after a checkpoint "
                     "(preemption, time limit) or a failure, at most slurm.max_requeues times; each slot "
                     "resumes from <train.run_dir>/checkpoints with parallel.dp fitted to the nodes it got. "
@@ -212,12 +213,63 @@ Prints the prompt and its continuation; the same weights, prompt and --seed give
                         help="site profile: a name in slurm/sites/ or a .toml path (default: $HPCYUAN_SITE or local)")
     submit.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
     submit.add_argument("--job-name", metavar="NAME", help="Slurm job name (default hpcyuan-<config name>)")
-    submit.add_argument("--nodes-min", type=int, metavar="N",
-                        help="accept from N to slurm.nodes nodes (sbatch -N N-MAX): a slot may run on fewer "
-                             "nodes, dp shrinks to fit (default: exactly slurm.nodes)")
+    submit.add_argument("--executor", choices=("sbatch", "submitit"), default="sbatch",
+                        help="sbatch: the batch script slurm/train.sbatch (default); submitit: the same job "
+                             "run by submitit, which pickles only the config path and --set values "
+                             "(log: <train.run_dir>/submitit/<jobid>_0_log.out)")
     submit.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="extra sbatch command-line argument (repeatable), e.g. --sbatch-arg=--hold")
+                        help="extra sbatch command-line argument (repeatable), e.g. --sbatch-arg=--hold "
+                             "(sbatch executor only)")
     submit.set_defaults(handler=run_submit)
+
+    harvest = commands.add_parser(
+        "harvest", help="keep a training run going on backfill slots across partitions (long-lived, restartable)",
+        description="Find idle backfill slots, shape the next job to fit one and submit it; repeat until the run "
+                    "has trained train.steps. Every poll: squeue for the run's job (never two copies: the job "
+                    "name is checked and the job carries --dependency=singleton), sacct into the ledger "
+                    "RUN_DIR/harvest.sqlite, and when nothing is queued: sinfo + sbatch --test-only per "
+                    "partition of the site profile's [partitions.<name>] tables, the objective picks the "
+                    "partition and the shape (-N min-max, --time, --time-min), partitions not taken are "
+                    "logged with the reason. Prints a progress line when something changes. Ctrl-C stops the "
+                    "harvester only (exit 130; SIGTERM too): the running slot goes on and the same command picks it up. "
+                    "--simulate instead replays a synthetic 1000-node trace through the same policy and "
+                    "prints goodput and cost per objective. See docs/harvest.md.")
+    harvest.add_argument("--config", help=CONFIG_HELP + " (not needed with --simulate)")
+    harvest.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=SET_HELP)
+    harvest.add_argument("--site", default=None, metavar="SITE",
+                         help="site profile with [partitions.<name>] tables (default: $HPCYUAN_SITE or local)")
+    harvest.add_argument("--objective", choices=["cheapest", "fastest", "budget"], default="cheapest",
+                         help="cheapest: lowest price per token (price / speed); fastest: most nodes x speed; "
+                              "budget: fastest within --budget per hour (default cheapest)")
+    harvest.add_argument("--budget", type=float, default=0.0, metavar="COST_PER_HOUR",
+                         help="the most a slot may cost per hour (nodes x price), for --objective budget")
+    harvest.add_argument("--min-nodes", type=int, default=0, metavar="N",
+                         help="0 (default): each slot asks for exactly the largest usable node count idle now; "
+                              "N: take slots of N nodes or more, asking -N N-MAX (Slurm may start it on N)")
+    harvest.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
+                         help="seconds between passes (>= 1; default 10)")
+    harvest.add_argument("--max-failures", type=int, default=3, metavar="N",
+                         help="give up after N failed slots in a row (default 3)")
+    harvest.add_argument("--job-name", metavar="NAME", help="Slurm job name (default hpcyuan-harvest-<config name>)")
+    harvest.add_argument("--simulate", action="store_true",
+                         help="replay a seeded synthetic cluster trace through the policy; submits nothing")
+    harvest.add_argument("--nodes", type=int, default=1000, help="--simulate: nodes of the synthetic cluster")
+    harvest.add_argument("--hours", type=float, default=48.0, help="--simulate: length of the trace")
+    harvest.add_argument("--seed", type=int, default=0, help="--simulate: trace seed")
+    harvest.add_argument("--trace", metavar="JSON", help="--simulate: a recorded trace instead of the synthetic one "
+                                                         "({partition: [[start_s, end_s, nodes], ...]})")
+    harvest.set_defaults(handler=run_harvest)
+
+    report = commands.add_parser(
+        "report", help="what a harvested run's node-hours bought: goodput, lost work, cost, pictures",
+        description="Read RUN_DIR/harvest.sqlite (the ledger hpcyuan harvest keeps) and the run's files; print "
+                    "goodput (node-time of kept steps / allocated node-time), lost steps per preemption, cost "
+                    "per billion tokens and requeue-to-first-step latency; write timeline.png (slots by "
+                    "partition, preemptions marked), loss.png (the loss across slots), goodput.png (over "
+                    "time) and report.html (one static page embedding them) into --out. See docs/harvest.md.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", metavar="DIR", help="where the pictures and report.html go (default RUN_DIR/report)")
+    report.set_defaults(handler=run_report)
     return parser
 
 
@@ -384,14 +436,24 @@ def run_submit(args) -> int:
     import os
     from pathlib import Path
 
-    from hpcyuan.scheduler import load_site, render_script, submit_script
+    from hpcyuan.scheduler import executor, load_site, render_script, submit_script
 
     cfg = load(args)
     site = load_site(args.site or os.environ.get("HPCYUAN_SITE") or "local")
     config = args.config
     if Path(config).is_file():  # a path: the job may start elsewhere (--chdir is this directory anyway)
         config = str(Path(config).resolve())
-    script = render_script(cfg, site, config, args.set, job_name=args.job_name, nodes_min=args.nodes_min)
+    if args.executor == "submitit":
+        if args.sbatch_arg:
+            raise HpcyuanError("--sbatch-arg: only with --executor sbatch (put sbatch options in the site profile)")
+        if args.dry_run:
+            print(executor.render_script(cfg, site, config, args.set, job_name=args.job_name), end="")
+            return 0
+        job = executor.submit(cfg, site, config, args.set, job_name=args.job_name)
+        print(job.job_id)
+        print(f"hpcyuan submit: job {job.job_id} ({site.name}, submitit), log {job.paths.stdout}", file=sys.stderr)
+        return 0
+    script = render_script(cfg, site, config, args.set, job_name=args.job_name)
     if args.dry_run:
         print(script, end="")
         return 0
@@ -400,4 +462,55 @@ def run_submit(args) -> int:
     print(job_id)
     print(f"hpcyuan submit: job {job_id} ({site.name}), output {cfg.train.run_dir}/slurm-{job_id}.out",
           file=sys.stderr)
+    return 0
+
+
+def run_harvest(args) -> int:
+    import os
+
+    from hpcyuan.scheduler import load_site
+
+    site = load_site(args.site or os.environ.get("HPCYUAN_SITE") or "local")
+    if args.simulate:
+        from hpcyuan.scheduler.simulate import simulate_all
+
+        if not site.partitions:
+            raise HpcyuanError(f"site profile {site.name} has no [partitions.<name>] tables to simulate")
+        print(simulate_all(site.partitions, args.nodes, args.hours, args.seed, args.budget, tokens_per_node_hour=1e8,
+                           trace_path=args.trace))
+        return 0
+    if not args.config:
+        raise HpcyuanError("harvest: --config is required (or --simulate)")
+    from pathlib import Path
+
+    from hpcyuan.scheduler.harvest import Harvester, HarvestOptions
+
+    cfg = load(args)
+    config = str(Path(args.config).resolve()) if Path(args.config).is_file() else args.config
+    options = HarvestOptions(args.objective, args.budget, args.min_nodes, args.poll, args.max_failures,
+                             args.job_name or "")
+    return Harvester(cfg, config, args.set, site, options, say=lambda line: print(line, flush=True)).run()
+
+
+def run_report(args) -> int:
+    from pathlib import Path
+
+    from hpcyuan.config import load_config
+    from hpcyuan.report import summarize, write_html, write_pictures
+    from hpcyuan.scheduler.ledger import Ledger, attempt_work
+
+    run_dir = Path(args.run_dir)
+    db = run_dir / "harvest.sqlite"
+    if not db.is_file():
+        raise HpcyuanError(f"{db} not found: RUN_DIR must be a run that hpcyuan harvest drove")
+    cfg = load_config(str(run_dir / "config.toml"))
+    ledger = Ledger(db)
+    slots = ledger.slots()
+    ledger.close()
+    summary = summarize(slots, cfg.train.global_batch_size * cfg.model.seq_length)
+    out = Path(args.out) if args.out else run_dir / "report"
+    pngs = write_pictures(slots, attempt_work(run_dir), out)
+    page = write_html(summary, slots, pngs, out / "report.html", f"hpcyuan report: {run_dir}")
+    print(summary.text())
+    print(f"pictures: {', '.join(str(p) for p in pngs)}; page: {page}")
     return 0

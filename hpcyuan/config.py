@@ -273,7 +273,10 @@ class SlurmConfig:
     partition: str = ""
     """Partition to submit to; empty means the site profile's default."""
     nodes: int = 1
-    """Nodes per job."""
+    """Nodes per job (the most a slot asks for)."""
+    min_nodes: int = 0
+    """Fewest nodes a slot may start on (sbatch --nodes=min_nodes-nodes; parallel.dp shrinks to fit);
+    0 = exactly `nodes`."""
     ranks_per_node: int = 1
     """MPI ranks started on each node."""
     time: str = "01:00:00"
@@ -290,6 +293,8 @@ class SlurmConfig:
     def __post_init__(self):
         _positive(self, "nodes", "ranks_per_node", "signal_seconds")
         _check(self.max_requeues >= 0, "max_requeues", self.max_requeues, "must be >= 0")
+        _check(0 <= self.min_nodes <= self.nodes, "min_nodes", self.min_nodes,
+               f"must be between 1 and slurm.nodes ({self.nodes}), or 0 (= nodes)")
         _check(self.signal in ("USR1", "USR2", "TERM", "INT", "HUP"), "signal", self.signal,
                "must be one of USR1, USR2, TERM, INT, HUP")
 

@@ -48,27 +48,31 @@ def usable(cfg: Config, nodes: int) -> str | None:
     return None
 
 
-def node_range(cfg: Config, nodes_min: int | None = None) -> tuple[int, int]:
-    """(min, max) nodes to ask for. Both ends must be usable; a slot granted a count in between that
-    is not (3 nodes for dp must divide 8) runs on the largest usable count below it (the batch script
-    decides, it knows what it got)."""
+def node_range(cfg: Config) -> tuple[int, int]:
+    """(min, max) nodes to ask for: slurm.min_nodes (0 = slurm.nodes) to slurm.nodes. Both ends must
+    be usable; a slot granted a count in between that is not (3 nodes where dp must divide 8) runs on
+    the largest usable count below it (the job decides, it knows what it got: nodes_to_use)."""
     hi = cfg.slurm.nodes
-    lo = hi if nodes_min is None else nodes_min
-    if not 1 <= lo <= hi:
-        raise HpcyuanError(f"--nodes-min {lo}: must be between 1 and slurm.nodes ({hi})")
+    lo = cfg.slurm.min_nodes or hi
     for n in {lo, hi}:
         if why := usable(cfg, n):
             raise HpcyuanError(why)
     return lo, hi
 
 
+def nodes_to_use(cfg: Config, granted: int) -> int:
+    """The largest node count <= `granted` that the layout can use (0: none). slurm/train.sbatch does
+    the same in bash."""
+    return next((n for n in range(granted, 0, -1) if usable(cfg, n) is None), 0)
+
+
 def render_script(cfg: Config, site: SiteProfile, config: str, sets: list[str] | tuple[str, ...] = (),
-                  *, job_name: str | None = None, nodes_min: int | None = None, python: str | None = None,
+                  *, job_name: str | None = None, python: str | None = None,
                   workdir: str | None = None, template: Path = TEMPLATE) -> str:
     """The batch script of one run. `config` and `sets` are passed to `hpcyuan train` verbatim
     (parallel.dp is added per slot from the nodes Slurm granted); `cfg` is what they load to."""
     s = cfg.slurm
-    lo, hi = node_range(cfg, nodes_min)
+    lo, hi = node_range(cfg)
     run_dir = cfg.train.run_dir
     workdir = workdir or os.getcwd()
     output = f"{run_dir}/slurm-%j.out"

@@ -26,6 +26,9 @@ take_lock
 stop_cluster
 if [ "$wipe" = 1 ]; then
     rm -rf "$STATE"
+    # MPICH's shared-memory segments of ranks killed in the fake nodes' jobs (named by job id, which
+    # starts again from 1 on a fresh cluster: slurm/train.sbatch)
+    rm -f /dev/shm/mpich_shm_* /dev/shm/mpich_vci_*
     # a link left by start.sh would now point nowhere
     if [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" == "$STATE"/* ]]; then rm -f /etc/slurm/slurm.conf; fi
     say "stopped; state dir $STATE removed"

@@ -94,3 +94,22 @@ def slurm():
         # the jobs inherit it too (sbatch exports the submitter's environment), e.g. for `scontrol requeue`
         mp.setenv("SLURM_CONF", f"{state_dir}/etc/slurm.conf")
         yield Slurm(state_dir)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, shakespeare_512):
+    """The uninterrupted run the interrupted ones are compared with (test_workflows.py, test_submitit.py):
+    4 local ranks, pp 1 x dp 4, the workflows' settings."""
+    from test_workflows import STEPS, training_runs  # tests/slurm is on the path (no package)
+
+    run_dir = tmp_path_factory.mktemp("reference")
+    training_runs.train(run_dir, STEPS, 1, 4, "--set", "checkpoint.interval=2", "--set", "train.timeline_step=0")
+    return run_dir
+
+
+@pytest.fixture
+def cleanup(slurm):
+    """Job ids appended here are cancelled after the test, whatever its outcome."""
+    jobs: list[str] = []
+    yield jobs
+    slurm.cancel(*jobs)

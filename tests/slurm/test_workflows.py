@@ -4,19 +4,21 @@ resize and a killed rank, and the run ends where an uninterrupted one does.
 
 Real daemons, real srun --mpi=pmi2 ranks spread over the fake nodes (all on this machine); the tiny
 model for a few dozen steps. Each test prints the job's output file and its sacct rows on failure.
+The scenarios take the executor as an argument: test_submitit.py runs the same ones through
+`--executor submitit` (the fixtures `reference` and `cleanup` are in conftest.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "mpi"))
@@ -33,10 +35,10 @@ TRAIN_SETS = [*training_runs.COMMON[1::2], "checkpoint.interval=2", "train.timel
 # helpers
 
 
-def submit(run_dir: Path, *sets: str, steps: int = STEPS, extra: tuple[str, ...] = ()) -> str:
-    """`hpcyuan submit` of the tiny config into run_dir; returns the job id."""
+def submit(run_dir: Path, *sets: str, steps: int = STEPS, executor: str = "sbatch") -> str:
+    """`hpcyuan submit --executor EXECUTOR` of the tiny config into run_dir; returns the job id."""
     args = [sys.executable, "-m", "hpcyuan", "submit", "--config", "tiny", "--site", "local",
-            "--job-name", f"wf-{run_dir.name}", *extra]
+            "--job-name", f"wf-{run_dir.name}", "--executor", executor]
     for item in [*TRAIN_SETS, f"train.steps={steps}", f"train.run_dir={run_dir}", *sets]:
         args += ["--set", item]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -67,8 +69,11 @@ def steps_logged(run_dir: Path) -> int:
 
 
 def job_output(run_dir: Path, jobid: str) -> str:
-    path = run_dir / f"slurm-{jobid}.out"
-    return path.read_text(errors="replace") if path.exists() else f"(no {path})"
+    """The job's log, all slots: slurm-<id>.out (sbatch) or submitit/<id>_0_log.out (submitit)."""
+    for path in (run_dir / f"slurm-{jobid}.out", run_dir / "submitit" / f"{jobid}_0_log.out"):
+        if path.exists():
+            return path.read_text(errors="replace")
+    return f"(no log of job {jobid} in {run_dir})"
 
 
 def diagnostics(slurm, run_dir: Path, *jobids: str):
@@ -106,34 +111,63 @@ def wait_done(slurm, jobid: str, run_dir: Path, timeout: float) -> list[dict]:
 
 
 def log_lines(run_dir: Path, jobid: str) -> list[str]:
-    return [line for line in job_output(run_dir, jobid).splitlines() if line.startswith("[hpcyuan-sbatch")]
+    """The job's own log lines: [hpcyuan-sbatch ...] of the batch script, [hpcyuan-submitit ...] of TrainJob."""
+    return [line for line in job_output(run_dir, jobid).splitlines() if line.startswith(("[hpcyuan-sbatch",
+                                                                                        "[hpcyuan-submitit"))]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, shakespeare_512):
-    """The uninterrupted run all the interrupted ones are compared with: 4 local ranks, pp 1 x dp 4."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    training_runs.train(run_dir, STEPS, 1, 4, "--set", "checkpoint.interval=2", "--set", "train.timeline_step=0")
-    return run_dir
+# What MPICH / Slurm's PMI2 print when the ranks fail to start (seen about once in 40 slots with 4 fake
+# nodes on 2 cores: "mpi/pmi2: value not properly terminated in client request", UCX "failed to
+# unpack address"; cf. pmodels/mpich#7417)
+LAUNCH_FAILURE = ("value not properly terminated", "failed to unpack address", "MPI_Init", "Init_thread")
 
 
-@pytest.fixture
-def cleanup(slurm):
-    jobs: list[str] = []
-    yield jobs
-    slurm.cancel(*jobs)
+def slots_that_started(recs: list[dict], run_dir: Path, jobid: str) -> tuple[list[dict], str]:
+    """The job's sacct records and log lines without the slots whose ranks failed to start. The batch
+    script retries such a slot like any failure (a bounded requeue, from the last checkpoint), so the
+    run survives it; the tests check the slots they are about. Slots are taken out only when the
+    job's output shows an MPI start-up error, and only those that ended in a retried failure."""
+    lines = log_lines(run_dir, jobid)
+    if not any(text in job_output(run_dir, jobid) for text in LAUNCH_FAILURE):
+        return recs, "\n".join(lines)
+    requeues = [line for line in lines if "requeueing" in line]
+    failed = {i for i, line in enumerate(requeues) if "failure (exit" in line}
+    kept, requeue = [], 0
+    for r in recs:
+        if r["State"] == "REQUEUED":
+            requeue += 1
+            if requeue - 1 in failed:
+                continue
+        kept.append(r)
+    print(f"job {jobid}: {len(failed)} slot(s) whose ranks failed to start, retried by the job (not counted)")
+    return kept, "\n".join(line for line in lines if not ("requeueing" in line and "failure (exit" in line))
+
+
+def same_as_reference(run_dir: Path, reference: Path, bit_identical: bool = True) -> None:
+    """The run ended where the uninterrupted one did (bit for bit on the same layout, losses within
+    1e-5 on another), every sample trained once."""
+    ours, ref = losses(run_dir), losses(reference)
+    if bit_identical:
+        assert ours == ref
+        assert assert_bit_identical(run_dir, reference, STEPS) > 0
+    else:
+        assert ours.keys() == ref.keys()
+        worst = max(abs(ours[s] - ref[s]) for s in ref)
+        assert worst < 1e-5, {s: (ours[s], ref[s]) for s in ref if ours[s] != ref[s]}
+    check_samples(run_dir, STEPS)
 
 
 # ---------------------------------------------------------------------------------------------
-# the workflows
+# the workflows, for either executor: each checks what both must do and returns the job's log lines
 
 
-def preempt_a_training_job(slurm, tmp_path, run_dir: Path, cleanup, high_seconds: int):
+def preempt_a_training_job(slurm, tmp_path, run_dir: Path, cleanup, high_seconds: int, executor: str):
     """A 4-node training job in `low`, preempted once it has logged 2 steps by a 2-node job in
-    `normal` that runs `high_seconds`; returns (training job id, preemptor id, diagnostics)."""
+    `normal` that runs `high_seconds`; returns (training job id, preemptor id, diagnostics).
+    slurm.time is 20 minutes: submitit calls every signal of a job of <= 10 minutes "timed-out"."""
     slurm.wait_idle(4)
-    vid = submit(run_dir, "slurm.partition=low", "slurm.nodes=4", "slurm.time=\"10\"", "slurm.signal_seconds=60",
-                 "slurm.max_requeues=3")
+    vid = submit(run_dir, "slurm.partition=low", "slurm.nodes=4", "slurm.time=\"20\"", "slurm.signal_seconds=60",
+                 "slurm.max_requeues=3", executor=executor)
     cleanup.append(vid)
     show = diagnostics(slurm, run_dir, vid)
     wait_for(lambda: steps_logged(run_dir) >= 2, 90, f"job {vid} training", show)
@@ -142,15 +176,13 @@ def preempt_a_training_job(slurm, tmp_path, run_dir: Path, cleanup, high_seconds
     return vid, hid, show
 
 
-def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_path, reference, cleanup):
+def preempted_run(slurm, tmp_path, reference, cleanup, executor: str) -> str:
+    """Preemption: signal -> checkpoint -> exit 75 -> requeue -> resume on 4 nodes -> done, bit-identical."""
     run_dir = tmp_path / "preempt"
-    vid, hid, _ = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, high_seconds=2)
-    recs = wait_done(slurm, vid, run_dir, timeout=150)
-    out = "\n".join(log_lines(run_dir, vid))
-
-    # one preemption: signal -> checkpoint -> exit 75 -> self-requeue -> resume on 4 nodes -> done
+    vid, hid, _ = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, 2, executor)
+    recs, out = slots_that_started(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
     assert [r["State"] for r in recs] == ["REQUEUED", "COMPLETED"], (recs, out)
-    assert "SIGUSR2: preempted" in out and "requeueing (requeue 1 of at most 3)" in out, out
+    assert "preempted" in out and re.search(r"requeueing \(requeue \d of at most 3\)", out), out
     assert "training finished (exit 0)" in out, out
     assert all(r["NNodes"] == "4" and r["Partition"] == "low" for r in recs), recs
     text = job_output(run_dir, vid)
@@ -159,28 +191,31 @@ def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_pa
     high = (tmp_path / "high.log").read_text().split()
     # the preemptor ran between the two slots, long before GraceTime ran out
     assert float(high[1]) < time.mktime(time.strptime(recs[1]["Start"], "%Y-%m-%dT%H:%M:%S")) + 1, (high, recs)
-
-    assert losses(run_dir) == losses(reference)
-    assert assert_bit_identical(run_dir, reference, STEPS) > 0
-    check_samples(run_dir, STEPS)
+    same_as_reference(run_dir, reference)
+    return text
 
 
-def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespeare_512, cleanup):
-    # --time=1 (Slurm's granularity is minutes; it checks limits about every 30 s, so the signal comes
-    # signal_seconds to ~signal_seconds + 30 s before the end): every slot trains ~12-28 s (start-up and
-    # the early signal take the rest), saves, exits 75 and requeues itself. The run is sized to ~60 s of
-    # training at the speed measured here and now, so it needs 3 slots or more on a fast machine and on
-    # a loaded one (a fixed step count finished in one slot on a quiet machine).
+WALLTIME_TRAIN_S = 60  # seconds of training in the time-limit chain: > 2 slots of at most ~28 s each (measured)
+
+
+def time_limit_chain(slurm, tmp_path, cleanup, executor: str) -> str:
+    """--time=1 (Slurm's granularity is minutes; it checks limits about every 30 s, so the signal comes
+    signal_seconds to ~signal_seconds + 30 s before the end): every slot trains ~12-28 s (start-up and
+    the early signal take the rest), saves, exits 75 and is requeued. The run is sized to ~60 s of
+    training at the speed measured here and now, so it needs 3 slots or more on a fast machine and on
+    a loaded one (a fixed step count finished in one slot on a quiet machine). A slot may train as
+    little as ~10 s (Slurm's 30-s limit checks can send the signal 15 s after the start, seen with
+    submitit under load: 11 slots), hence up to 20 requeues."""
     rate = steps_per_second(tmp_path / "speed")
     steps = max(40, int(rate * WALLTIME_TRAIN_S))
     print(f"measured {rate:.2f} steps/s with 2 ranks: {steps} steps, ~{WALLTIME_TRAIN_S} s of training")
     slurm.wait_idle(1)
     run_dir = tmp_path / "walltime"
     jid = submit(run_dir, "slurm.partition=normal", "slurm.nodes=1", "slurm.ranks_per_node=2", "slurm.time=\"1\"",
-                 "slurm.signal_seconds=20", "slurm.max_requeues=10", "train.global_batch_size=32", steps=steps)
+                 "slurm.signal_seconds=20", "slurm.max_requeues=20", "train.global_batch_size=32", steps=steps,
+                 executor=executor)
     cleanup.append(jid)
-    recs = wait_done(slurm, jid, run_dir, timeout=720)
-    out = "\n".join(log_lines(run_dir, jid))
+    recs, out = slots_that_started(wait_done(slurm, jid, run_dir, timeout=900), run_dir, jid)
     states = [r["State"] for r in recs]
     assert len(states) >= 3 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", (recs, out)
     requeues = [line for line in out.splitlines() if "requeueing" in line]
@@ -192,43 +227,37 @@ def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespea
     r = subprocess.run([sys.executable, "-m", "hpcyuan", "data", "samples", str(run_dir)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)  # reads the run's own config (batch 32)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-WALLTIME_TRAIN_S = 60  # seconds of training in the time-limit chain: > 2 slots of at most ~28 s each (measured)
+    return job_output(run_dir, jid)
 
 
 def steps_per_second(run_dir: Path) -> float:
-    """Training speed of the walltime test's run (tiny, batch 32, 2 ranks), measured over steps 3-8 of
-    a local `hpcyuan launch -n 2` (its start-up excluded)."""
-    training_runs.train(run_dir, 8, 1, 2, "--set", "train.global_batch_size=32")
+    """Training speed of the walltime test's run (tiny, batch 32, 2 ranks, a checkpoint every 2
+    steps: without them it measured 3x the speed in the job): 1 / the median step time of steps 3-12
+    of a local `hpcyuan launch -n 2` (start-up excluded; a mean of 5 steps moved 2x between runs)."""
+    training_runs.train(run_dir, 12, 1, 2, "--set", "train.global_batch_size=32", "--set", "checkpoint.interval=2")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     elapsed = {r["step"]: r["elapsed_s"] for r in rows if r["kind"] == "train"}
-    return 5 / (elapsed[8] - elapsed[3])
+    return 1 / statistics.median(elapsed[s] - elapsed[s - 1] for s in range(3, 13))
 
 
-def test_preempted_on_four_nodes_resumes_on_two(slurm, tmp_path, reference, cleanup):
-    # Elastic: preempted on 4 nodes; while the requeued job waits (~10 s, cred_expire) the test shrinks
-    # it with `scontrol update NumNodes=2-2` (what a harvester does when only 2 nodes are free; a -N 2-4
-    # range was tried first: Slurm 22.05 then started even the first slot on 2 of 4 idle nodes). The
-    # preemptor keeps the other 2 nodes; the batch script runs dp = 2 instead of 4 and the checkpoint
-    # reshards on load.
+def resized_run(slurm, tmp_path, reference, cleanup, executor: str) -> str:
+    """Elastic: preempted on 4 nodes; while the requeued job waits (~10 s, cred_expire) it is shrunk
+    with `scontrol update NumNodes=2-2` (what a harvester does when only 2 nodes are free; a -N 2-4
+    range was tried first: Slurm 22.05 then started even the first slot on 2 of 4 idle nodes). The
+    preemptor keeps the other 2 nodes; the job runs dp = 2 instead of 4 and the checkpoint reshards
+    on load."""
     run_dir = tmp_path / "elastic"
-    vid, hid, show = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, high_seconds=300)
+    vid, hid, show = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, 300, executor)
     wait_for(lambda: (lambda j: j.get("JobState") == "PENDING" and j.get("Restarts") == "1")(slurm.job(vid)), 60,
              f"job {vid} requeued", show)
     # min and max ("NumNodes=2" only lowers the minimum), and the tasks (4 tasks on 2 nodes of 1 each: BadConstraints)
     slurm.run("scontrol", "update", f"JobId={vid}", "NumNodes=2-2", "NumTasks=2")
-    recs = wait_done(slurm, vid, run_dir, timeout=150)
+    recs, out = slots_that_started(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
     slurm.cancel(hid)
-    out = "\n".join(log_lines(run_dir, vid))
     assert [(r["State"], r["NNodes"]) for r in recs] == [("REQUEUED", "4"), ("COMPLETED", "2")], (recs, out)
     assert "pp 1 x dp 4" in out and "pp 1 x dp 2" in out, out
-
-    ours, ref = losses(run_dir), losses(reference)
-    assert ours.keys() == ref.keys()
-    worst = max(abs(ours[s] - ref[s]) for s in ref)
-    assert worst < 1e-5, {s: (ours[s], ref[s]) for s in ref if ours[s] != ref[s]}
-    check_samples(run_dir, STEPS)
+    same_as_reference(run_dir, reference, bit_identical=False)
+    return out
 
 
 def rank_pids(run_dir: Path, rank: int) -> list[int]:
@@ -249,14 +278,17 @@ def rank_pids(run_dir: Path, rank: int) -> list[int]:
     return pids
 
 
-def test_killed_rank_fails_the_slot_and_the_job_restarts_from_the_last_checkpoint(slurm, tmp_path, reference,
-                                                                                  cleanup):
-    slurm.wait_idle(4)
+def killed_rank_run(slurm, tmp_path, reference, cleanup, executor: str) -> str:
+    """Rank 2 killed with SIGKILL past the checkpoint of step 4: the slot fails, the job is requeued
+    as a retry and ends bit-identical, resumed from that checkpoint (not from 0). 2 nodes x 2 ranks:
+    the ranks of a node share an MPICH shared-memory segment, which the killed slot leaves behind
+    under the name the requeued slot's ranks look for (docs/slurm.md: removed before they start)."""
+    slurm.wait_idle(2)
     run_dir = tmp_path / "killed"
-    jid = submit(run_dir, "slurm.partition=normal", "slurm.nodes=4", "slurm.time=\"10\"", "slurm.max_requeues=2")
+    jid = submit(run_dir, "slurm.partition=normal", "slurm.nodes=2", "slurm.ranks_per_node=2", "slurm.time=\"10\"",
+                 "slurm.max_requeues=2", executor=executor)
     cleanup.append(jid)
     show = diagnostics(slurm, run_dir, jid)
-    # past the checkpoint of step 4: the restart must begin there, not at 0
     wait_for(lambda: steps_logged(run_dir) >= 5, 90, f"job {jid} training", show)
     pids = wait_for(lambda: rank_pids(run_dir, 2), 10, "rank 2's process", show)
     killed_at = steps_logged(run_dir)
@@ -269,7 +301,27 @@ def test_killed_rank_fails_the_slot_and_the_job_restarts_from_the_last_checkpoin
     assert killed_at < STEPS, "the run ended before the kill"
     text = job_output(run_dir, jid)
     assert "resumed" in text, text[-3000:]
+    same_as_reference(run_dir, reference)
+    return out
 
-    assert losses(run_dir) == losses(reference)
-    assert assert_bit_identical(run_dir, reference, STEPS) > 0
-    check_samples(run_dir, STEPS)
+
+# ---------------------------------------------------------------------------------------------
+# through the batch script (the default executor)
+
+
+def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_path, reference, cleanup):
+    text = preempted_run(slurm, tmp_path, reference, cleanup, "sbatch")
+    assert "SIGUSR2: preempted" in text, text[-3000:]  # the batch shell's trap saw the signal
+
+
+def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespeare_512, cleanup):
+    time_limit_chain(slurm, tmp_path, cleanup, "sbatch")
+
+
+def test_preempted_on_four_nodes_resumes_on_two(slurm, tmp_path, reference, cleanup):
+    resized_run(slurm, tmp_path, reference, cleanup, "sbatch")
+
+
+def test_killed_rank_fails_the_slot_and_the_job_restarts_from_the_last_checkpoint(slurm, tmp_path, reference,
+                                                                                  cleanup):
+    killed_rank_run(slurm, tmp_path, reference, cleanup, "sbatch")

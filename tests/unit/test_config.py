@@ -66,6 +66,9 @@ MISTAKES = [
     ({"model": {"rotary_percent": 0.0}}, "bad.toml: model.rotary_percent = 0.0: must be in (0, 1]"),
     ({"data": {"val_fraction": 0.7}}, "bad.toml: data.val_fraction = 0.7: must be in (0, 0.5)"),
     ({"slurm": {"signal": "KILL"}}, 'bad.toml: slurm.signal = "KILL": must be one of USR1, USR2, TERM, INT, HUP'),
+    ({"slurm": {"nodes": 4, "min_nodes": 5}},
+     "bad.toml: slurm.min_nodes = 5: must be between 1 and slurm.nodes (4), or 0 (= nodes)"),
+    ({"slurm": {"min_nodes": -1}}, "bad.toml: slurm.min_nodes = -1: must be between 1 and slurm.nodes (1), or 0 (= nodes)"),
     ({"name": ""}, 'bad.toml: name = "": must be a non-empty string'),
 ]
 
