@@ -28,12 +28,12 @@ COMMON = ["--set", "train.decay_steps=8", "--set", "train.log_interval=1", "--se
 
 
 def train(run_dir, steps: int, pp: int, dp: int, *extra: str, config: str = "tiny", expect: int | None = 0,
-          env: dict | None = None) -> subprocess.CompletedProcess:
+          env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env or {})}
     command = [sys.executable, "-m", "hpcyuan", "launch", "-n", str(pp * dp), "--", "train", "--config", config,
                *COMMON, "--steps", str(steps), "--set", f"parallel.pp={pp}", "--set", f"parallel.dp={dp}",
                "--run-dir", str(run_dir), *extra]
-    run = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=300)
+    run = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)
     ok = run.returncode != 0 if expect is None else run.returncode == expect
     assert ok, f"exit {run.returncode}, expected {expect or 'a failure'}\n{run.stdout}{run.stderr}"
     return run
