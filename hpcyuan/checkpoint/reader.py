@@ -9,7 +9,7 @@
 `read` opens only the shard files whose pieces overlap the range (the piece table is in
 manifest.json), so a rank loading its ZeRO region of a new layout touches a few files. It reads the
 data at the offsets the manifest records, with plain reads, and checks every block it reads against
-its crc32 (a helper thread checks one block while the next is read): loading is the deep check of
+its crc32 (READERS threads read and check runs of blocks side by side): loading is the deep check of
 the bytes it loads, so `verify` before a load only needs the cheap checks (sizes, metadata crc32s).
 A plain h5py user needs none of this: `h5py.File("step_…/index.h5")["weight"][name][...]` is the
 whole flattened tensor (reshape it to the dataset's attr "shape"). HDF5 files are opened with
@@ -38,6 +38,9 @@ from hpcyuan.errors import HpcyuanError
 __all__ = ["CheckpointReader", "latest_good", "list_checkpoints", "verify"]
 
 READ_BYTES = 32 << 20
+READERS = 2
+"""Threads that read and check runs of blocks at once: two requests in flight keep the disk busy
+while the other thread checks crc32s or waits for its next request to start."""
 
 
 def verify(step_dir, deep: bool = False, kinds: tuple[str, ...] = KINDS) -> list[str]:
@@ -96,46 +99,54 @@ def _data_problems(path: Path, record: ShardRecord, kinds: tuple[str, ...]) -> l
 
 
 def _read_checked(fh, file: str, piece: PieceInfo, offset: int, crcs: list[int], lo: int, out: np.ndarray,
-                  helper: ThreadPoolExecutor | None, block_bytes: int) -> list[tuple[Future, int, str]]:
+                  pool: ThreadPoolExecutor | None, block_bytes: int) -> list[Future]:
     """Read elements [lo, lo + out.size) of `piece` (element lo relative to the piece) from the
     unbuffered file `fh`, whose data starts at `offset`, into `out`, reading every block it touches
     whole so its crc32 can be checked. Runs of blocks fully inside the range are read straight into
     `out`, READ_BYTES per read (a larger request keeps more of the disk busy); the one or two blocks
-    at the ends of the range through a buffer. With a `helper` the checks run there and come back
-    as (future, expected crc32, what failed); without one a failed check raises HpcyuanError at once."""
+    at the ends of the range through a buffer. With a `pool` every run is read and checked there
+    and the futures come back, each giving the failures it found (a read error raises from it);
+    without one this reads in order and a failed check raises HpcyuanError at once."""
     item = out.itemsize
     first, last = lo * item, (lo + out.size) * item  # byte range wanted, relative to the piece
     size = (piece.stop - piece.start) * item
     wanted = memoryview(out).cast("B")
     dataset = dataset_path(piece.kind, piece.name, piece.start, piece.stop)
-    checks = []
 
-    def check(b: int, block: memoryview) -> None:
-        bs = b * block_bytes
-        what = f"{file}: {dataset} bytes [{bs}, {bs + len(block)}) fail their {CHECKSUM} (corrupted)"
-        if helper is not None:
-            checks.append((helper.submit(zlib.crc32, block), crcs[b], what))
-        elif zlib.crc32(block) != crcs[b]:
-            raise HpcyuanError(what)
-
-    blocks = range(first // block_bytes, (last + block_bytes - 1) // block_bytes)
-    inside = [b for b in blocks if first <= b * block_bytes and min((b + 1) * block_bytes, size) <= last]
-    per_read = max(1, READ_BYTES // block_bytes)
-    for r in range(0, len(inside), per_read):
-        run = inside[r:r + per_read]
-        rs, re_ = run[0] * block_bytes, min((run[-1] + 1) * block_bytes, size)
-        _pread_full(fh, wanted[rs - first:re_ - first], offset + rs, file)
+    def failures(run: list[int], start: int, data: memoryview) -> list[str]:
+        """The blocks of `run` (data = their bytes, from block offset `start`) whose crc32 differs."""
+        bad = []
         for b in run:
             bs = b * block_bytes
-            check(b, wanted[bs - first:min(bs + block_bytes, size) - first])
-    for b in sorted({blocks[0], blocks[-1]} - set(inside) if blocks else ()):  # only the ends can be partial
+            if zlib.crc32(data[bs - start:min(bs + block_bytes, size) - start]) != crcs[b]:
+                bad.append(f"{file}: {dataset} bytes [{bs}, {min(bs + block_bytes, size)}) fail their "
+                           f"{CHECKSUM} (corrupted)")
+        return bad
+
+    def read_run(run: list[int]) -> list[str]:
+        rs, re_ = run[0] * block_bytes, min((run[-1] + 1) * block_bytes, size)
+        _pread_full(fh, wanted[rs - first:re_ - first], offset + rs, file)
+        return failures(run, rs, wanted[rs - first:re_ - first])
+
+    def read_end(b: int) -> list[str]:  # a block only partly inside the range: read whole, copy the part
         bs, be = b * block_bytes, min((b + 1) * block_bytes, size)
         block = memoryview(bytearray(be - bs))
         _pread_full(fh, block, offset + bs, file)
         lo_b, hi_b = max(first, bs), min(last, be)
         wanted[lo_b - first:hi_b - first] = block[lo_b - bs:hi_b - bs]
-        check(b, block)
-    return checks
+        return failures([b], bs, block)
+
+    blocks = range(first // block_bytes, (last + block_bytes - 1) // block_bytes)
+    inside = [b for b in blocks if first <= b * block_bytes and min((b + 1) * block_bytes, size) <= last]
+    per_read = max(1, READ_BYTES // block_bytes)
+    tasks = [(read_run, inside[r:r + per_read]) for r in range(0, len(inside), per_read)]
+    tasks += [(read_end, b) for b in sorted({blocks[0], blocks[-1]} - set(inside) if blocks else ())]
+    if pool is not None:
+        return [pool.submit(task, arg) for task, arg in tasks]
+    for task, arg in tasks:
+        if bad := task(arg):
+            raise HpcyuanError(bad[0])
+    return []
 
 
 def _pread_full(fh, view: memoryview, offset: int, file: str) -> None:
@@ -258,8 +269,8 @@ class CheckpointReader:
             pieces.sort(key=lambda row: row[0].start)
         self._open: dict[str, h5py.File] = {}
         self._raw: dict[str, object] = {}
-        self._helper: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[Future, int, str]] = []  # crc32 checks not yet waited for
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []  # reads and their crc32 checks not yet waited for
 
     def names(self, kind: str) -> list[str]:
         """Logical names of the tensors of `kind` ("weight", "master", "exp_avg", "exp_avg_sq")."""
@@ -293,15 +304,15 @@ class CheckpointReader:
     def read_into(self, kind: str, name: str, start: int, out: np.ndarray, check: bool = True) -> None:
         """`read` into `out` (1-D, C-contiguous, the stored dtype): elements [start, start + out.size).
         Blocks wholly inside the range go from the file straight into `out`, with no other copy.
-        `check=False` returns before the last blocks' crc32s are checked (they run on, overlapped
-        with the next reads): the caller must then call `check_reads()` before using the data."""
+        `check=False` returns before the reads and their crc32 checks are done (they run on, side by
+        side with the next ones): the caller must then call `check_reads()` before using the data."""
         info = self._info(kind, name)
         stop = start + out.size
         if not 0 <= start <= stop <= info.numel:
             raise ValueError(f"checkpoint read {kind} {name} [{start}, {stop}): outside [0, {info.numel})")
         if out.ndim != 1 or not out.flags.c_contiguous or out.dtype != np.dtype(STORAGE[info.dtype]):
             raise ValueError(f"checkpoint read {kind} {name}: `out` must be 1-D, contiguous, {STORAGE[info.dtype]}")
-        checks: list[tuple[Future, int, str]] = []
+        reads: list[Future] = []
         for p, file, offset, crcs in self._pieces[(kind, name)]:
             lo, hi = max(start, p.start), min(stop, p.stop)
             if lo >= hi:
@@ -310,20 +321,27 @@ class CheckpointReader:
             if offset is None:
                 self._read_v1(file, p, lo, target)
                 continue
-            if self._helper is None:
-                self._helper = ThreadPoolExecutor(1, thread_name_prefix="checkpoint crc32")
-            checks += _read_checked(self._raw_file(file), file, p, offset, crcs, lo - p.start, target,
-                                    self._helper, self._block_bytes[file])
-        self._pending += checks
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READERS, thread_name_prefix="checkpoint read")
+            reads += _read_checked(self._raw_file(file), file, p, offset, crcs, lo - p.start, target,
+                                   self._pool, self._block_bytes[file])
+        self._pending += reads
         if check:
             self.check_reads()
 
     def check_reads(self) -> None:
-        """Wait for the crc32 checks of every read so far; raise HpcyuanError for a failed one."""
+        """Wait for every read so far and its crc32 checks; raise HpcyuanError for a failed one (after
+        all have ended: none still writes into the caller's buffers)."""
         pending, self._pending = self._pending, []
-        for future, expected, what in pending:
-            if future.result() != expected:
-                raise HpcyuanError(f"checkpoint {self.dir}: {what}")
+        problems = []
+        for future in pending:
+            try:
+                problems += future.result()
+            except HpcyuanError as e:
+                problems.append(str(e))
+        if problems:
+            raise HpcyuanError(f"checkpoint {self.dir}: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     def _read_v1(self, file: str, p: PieceInfo, lo: int, target: np.ndarray) -> None:
         path = dataset_path(p.kind, p.name, p.start, p.stop)
@@ -357,13 +375,13 @@ class CheckpointReader:
         return self._raw[file]
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()  # first: reads still running use the files below
+            self._pool = None
         for f in [*self._open.values(), *self._raw.values()]:
             f.close()
         self._open.clear()
         self._raw.clear()
-        if self._helper is not None:
-            self._helper.shutdown()
-            self._helper = None
 
     def __enter__(self) -> "CheckpointReader":
         return self
