@@ -205,7 +205,9 @@ Prints the prompt and its continuation; the same weights, prompt and --seed give
                     "asks for slurm.nodes nodes (slurm.min_nodes-slurm.nodes when min_nodes is set) x "
                     "slurm.ranks_per_node ranks, slurm.time, the stop signal "
                     "slurm.signal slurm.signal_seconds before the end, and requeues itself after a checkpoint "
-                    "(preemption, time limit) or a failure, at most slurm.max_requeues times; each slot "
+                    "(preemption, time limit) or a failure, at most slurm.max_requeues times (a site profile with "
+                    "resume = \"singleton\" or \"array\", for sites that forbid requeue: a chain of "
+                    "max_requeues + 1 jobs submitted at once, run one after another); each slot "
                     "resumes from <train.run_dir>/checkpoints with parallel.dp fitted to the nodes it got. "
                     "Output: <train.run_dir>/slurm-<jobid>.out. See docs/slurm.md.")
     add_config_args(submit)
@@ -436,7 +438,7 @@ def run_submit(args) -> int:
     import os
     from pathlib import Path
 
-    from hpcyuan.scheduler import executor, load_site, render_script, submit_script
+    from hpcyuan.scheduler import executor, load_site, render_script, submit_run
 
     cfg = load(args)
     site = load_site(args.site or os.environ.get("HPCYUAN_SITE") or "local")
@@ -446,6 +448,9 @@ def run_submit(args) -> int:
     if args.executor == "submitit":
         if args.sbatch_arg:
             raise HpcyuanError("--sbatch-arg: only with --executor sbatch (put sbatch options in the site profile)")
+        if site.resume != "requeue":
+            raise HpcyuanError(f"site {site.name}: resume = {site.resume!r}: submitit resumes by requeueing the job; "
+                               "use --executor sbatch on a site that forbids requeue")
         if args.dry_run:
             print(executor.render_script(cfg, site, config, args.set, job_name=args.job_name), end="")
             return 0
@@ -458,10 +463,16 @@ def run_submit(args) -> int:
         print(script, end="")
         return 0
     Path(cfg.train.run_dir).mkdir(parents=True, exist_ok=True)  # sbatch writes the output file there
-    job_id = submit_script(script, *args.sbatch_arg)
-    print(job_id)
-    print(f"hpcyuan submit: job {job_id} ({site.name}), output {cfg.train.run_dir}/slurm-{job_id}.out",
-          file=sys.stderr)
+    job_ids = submit_run(script, cfg, site, *args.sbatch_arg)
+    print("\n".join(job_ids))
+    if len(job_ids) > 1:
+        print(f"hpcyuan submit: a chain of {len(job_ids)} jobs ({site.name} forbids requeue; "
+              f"--dependency=singleton), output {cfg.train.run_dir}/slurm-<jobid>.out", file=sys.stderr)
+    else:
+        log = f"slurm-{job_ids[0]}.out"
+        if site.resume == "array":
+            log += f" (an array of {cfg.slurm.max_requeues + 1} slots, one at a time)"
+        print(f"hpcyuan submit: job {job_ids[0]} ({site.name}), output {cfg.train.run_dir}/{log}", file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Render slurm/train.sbatch for one run, and submit it.
 
     script = render_script(cfg, site, config="tiny", sets=["slurm.partition=low"])
-    job_id = submit_script(script)
+    job_ids = submit_run(script, cfg, site)     # one job, or the chain a no-requeue site needs
 
 The template's placeholders (@NAME@) are replaced by values that are each quoted with shlex.quote,
 in the #SBATCH lines too (sbatch reads them with shell-like quoting), so a job name, a --set value or
@@ -75,7 +75,7 @@ def render_script(cfg: Config, site: SiteProfile, config: str, sets: list[str] |
     lo, hi = node_range(cfg)
     run_dir = cfg.train.run_dir
     workdir = workdir or os.getcwd()
-    output = f"{run_dir}/slurm-%j.out"
+    output = f"{run_dir}/slurm-%A.out" if site.resume == "array" else f"{run_dir}/slurm-%j.out"  # %A: one log
     directives = []
     partition = s.partition or site.partition
     if partition:
@@ -109,6 +109,8 @@ def render_script(cfg: Config, site: SiteProfile, config: str, sets: list[str] |
         "GLOBAL_BATCH": q(cfg.train.global_batch_size),
         "MICRO_BATCH": q(cfg.train.micro_batch_size),
         "MAX_REQUEUES": q(s.max_requeues),
+        "RESUME": q(site.resume),
+        "RESUME_LINES": _resume_lines(site.resume, s.max_requeues),
         "TRAIN_ARGS": " ".join(q(a) for a in train_args),
         "SRUN_FLAGS": " ".join(q(a) for a in srun_flags),
         "SITE_SETUP": "\n".join(setup) or "# (no modules or environment from the site profile)",
@@ -120,20 +122,47 @@ def render_script(cfg: Config, site: SiteProfile, config: str, sets: list[str] |
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
+def _resume_lines(resume: str, max_requeues: int) -> str:
+    """#SBATCH lines of the way the run continues in a new slot (SiteProfile.resume)."""
+    if resume == "requeue":
+        return "#SBATCH --requeue"
+    chain = (f"#SBATCH --array=0-{max_requeues}%1" if resume == "array"
+             else "#SBATCH --dependency=singleton  # one job of this name runs at a time: the chain")
+    return f"#SBATCH --no-requeue\n{chain}"
+
+
+def submit_run(script: str, cfg: Config, site: SiteProfile, *sbatch_args: str) -> list[str]:
+    """Submit a run: the job (resume = requeue or array: one sbatch), or slurm.max_requeues + 1 jobs of
+    one name (singleton), each given its index in the chain. Returns the job ids, first to run first."""
+    if site.resume != "singleton":
+        return [submit_script(script, *sbatch_args)]
+    links = cfg.slurm.max_requeues + 1
+    ids = []
+    for index in range(links):
+        try:
+            ids.append(submit_script(script, *sbatch_args, script_args=(str(index),)))
+        except HpcyuanError as err:
+            if not ids:
+                raise
+            raise HpcyuanError(f"{err}\n(jobs {', '.join(ids)} of the chain were submitted: "
+                               f"{len(ids)} of {links} slots; scancel them or let them run)") from None
+    return ids
+
+
 def _default_python() -> str:
     import sys
 
     return sys.executable
 
 
-def submit_script(script: str, *sbatch_args: str) -> str:
-    """Run sbatch on `script`; returns the job id."""
+def submit_script(script: str, *sbatch_args: str, script_args: tuple[str, ...] = ()) -> str:
+    """Run sbatch on `script` (with `script_args` after it); returns the job id."""
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", prefix="hpcyuan-", delete=False) as f:
         f.write(script)
     try:
         try:
-            r = subprocess.run(["sbatch", "--parsable", *sbatch_args, f.name], capture_output=True, text=True,
-                               timeout=120)
+            r = subprocess.run(["sbatch", "--parsable", *sbatch_args, f.name, *script_args], capture_output=True,
+                               text=True, timeout=120)
         except FileNotFoundError:
             raise HpcyuanError("sbatch not found: is this a Slurm login node? (try --dry-run)") from None
         if r.returncode:

@@ -11,6 +11,9 @@ A profile is a small TOML file (slurm/sites/<name>.toml, or any path):
     mpi = "pmi2"                  # srun --mpi=<this>: the PyPI mpich wheel + mpi4py speak PMI2
     srun_flags = ["--kill-on-bad-exit=1"]
     sbatch_flags = []             # extra #SBATCH options, e.g. ["--gres=gpu:8"]
+    resume = "requeue"            # how a run continues in a new slot: "requeue" (scontrol requeue), or where
+                                  # a site forbids requeue, a chain submitted up front: "singleton"
+                                  # (--dependency=singleton jobs of one name) or "array" (--array=0-N%1)
     [env]                         # exported in the batch script (every rank inherits them)
     OMP_NUM_THREADS = "1"
     [partitions.low]              # what the harvester may use (docs/harvest.md); none: it cannot run
@@ -53,10 +56,21 @@ class SiteProfile:
     mpi: str = "pmi2"
     srun_flags: tuple[str, ...] = ("--kill-on-bad-exit=1",)
     sbatch_flags: tuple[str, ...] = ()
+    resume: str = "requeue"
+    """How a run continues in a new slot (RESUME_MODES): the job requeues itself, or the next job of a
+    chain of slurm.max_requeues + 1 jobs submitted at once starts when the previous one ends."""
     env: dict[str, str] = field(default_factory=dict)
     partitions: dict[str, PartitionProfile] = field(default_factory=dict)
     """Partitions the harvester may submit to, by name (the order of the file)."""
     source: str = ""
+
+    def __post_init__(self):
+        if self.resume not in RESUME_MODES:
+            raise HpcyuanError(f"{self.source or self.name}: resume = {self.resume!r}: must be one of "
+                               f"{', '.join(RESUME_MODES)}")
+
+
+RESUME_MODES = ("requeue", "singleton", "array")
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,8 @@ class PartitionProfile:
 
 
 _FIELDS = {"name": str, "description": str, "partition": str, "account": str, "qos": str, "exclusive": bool,
-           "modules": list, "mpi": str, "srun_flags": list, "sbatch_flags": list, "env": dict, "partitions": dict}
+           "modules": list, "mpi": str, "srun_flags": list, "sbatch_flags": list, "resume": str, "env": dict,
+           "partitions": dict}
 
 
 def site_path(name_or_path: str) -> Path:

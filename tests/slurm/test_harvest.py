@@ -47,6 +47,7 @@ mpi = "pmi2"
 srun_flags = ["--kill-on-bad-exit=1"]
 [env]
 OMP_NUM_THREADS = "1"
+MPIR_CVAR_CH4_NETMOD = "ofi"
 [partitions.low]
 price_per_node_hour = 1.0
 max_nodes = 4

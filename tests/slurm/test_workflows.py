@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "mpi"))
 import training_runs  # noqa: E402  (tests/mpi: losses, final_state, assert_bit_identical, check_samples)
@@ -37,13 +39,19 @@ TRAIN_SETS = [*training_runs.COMMON[1::2], "checkpoint.interval=2", "train.timel
 
 def submit(run_dir: Path, *sets: str, steps: int = STEPS, executor: str = "sbatch") -> str:
     """`hpcyuan submit --executor EXECUTOR` of the tiny config into run_dir; returns the job id."""
-    args = [sys.executable, "-m", "hpcyuan", "submit", "--config", "tiny", "--site", "local",
+    return submit_jobs(run_dir, *sets, steps=steps, executor=executor)[0]
+
+
+def submit_jobs(run_dir: Path, *sets: str, steps: int = STEPS, executor: str = "sbatch",
+                site: str = "local") -> list[str]:
+    """The job ids `hpcyuan submit` printed: one, or the chain of a site that forbids requeue."""
+    args = [sys.executable, "-m", "hpcyuan", "submit", "--config", "tiny", "--site", site,
             "--job-name", f"wf-{run_dir.name}", "--executor", executor]
     for item in [*TRAIN_SETS, f"train.steps={steps}", f"train.run_dir={run_dir}", *sets]:
         args += ["--set", item]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"hpcyuan submit failed ({r.returncode}):\n{r.stdout}{r.stderr}"
-    return r.stdout.strip().splitlines()[0]
+    return r.stdout.split()
 
 
 def high_job(slurm, tmp_path: Path, nodes: int, seconds: float) -> str:
@@ -116,31 +124,9 @@ def log_lines(run_dir: Path, jobid: str) -> list[str]:
                                                                                         "[hpcyuan-submitit"))]
 
 
-# What MPICH / Slurm's PMI2 print when the ranks fail to start (seen about once in 40 slots with 4 fake
-# nodes on 2 cores: "mpi/pmi2: value not properly terminated in client request", UCX "failed to
-# unpack address"; cf. pmodels/mpich#7417)
-LAUNCH_FAILURE = ("value not properly terminated", "failed to unpack address", "MPI_Init", "Init_thread")
-
-
-def slots_that_started(recs: list[dict], run_dir: Path, jobid: str) -> tuple[list[dict], str]:
-    """The job's sacct records and log lines without the slots whose ranks failed to start. The batch
-    script retries such a slot like any failure (a bounded requeue, from the last checkpoint), so the
-    run survives it; the tests check the slots they are about. Slots are taken out only when the
-    job's output shows an MPI start-up error, and only those that ended in a retried failure."""
-    lines = log_lines(run_dir, jobid)
-    if not any(text in job_output(run_dir, jobid) for text in LAUNCH_FAILURE):
-        return recs, "\n".join(lines)
-    requeues = [line for line in lines if "requeueing" in line]
-    failed = {i for i, line in enumerate(requeues) if "failure (exit" in line}
-    kept, requeue = [], 0
-    for r in recs:
-        if r["State"] == "REQUEUED":
-            requeue += 1
-            if requeue - 1 in failed:
-                continue
-        kept.append(r)
-    print(f"job {jobid}: {len(failed)} slot(s) whose ranks failed to start, retried by the job (not counted)")
-    return kept, "\n".join(line for line in lines if not ("requeueing" in line and "failure (exit" in line))
+def records_and_log(recs: list[dict], run_dir: Path, jobid: str) -> tuple[list[dict], str]:
+    """The job's sacct records and its log lines, for asserting on both."""
+    return recs, "\n".join(log_lines(run_dir, jobid))
 
 
 def same_as_reference(run_dir: Path, reference: Path, bit_identical: bool = True) -> None:
@@ -180,7 +166,7 @@ def preempted_run(slurm, tmp_path, reference, cleanup, executor: str) -> str:
     """Preemption: signal -> checkpoint -> exit 75 -> requeue -> resume on 4 nodes -> done, bit-identical."""
     run_dir = tmp_path / "preempt"
     vid, hid, _ = preempt_a_training_job(slurm, tmp_path, run_dir, cleanup, 2, executor)
-    recs, out = slots_that_started(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
+    recs, out = records_and_log(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
     assert [r["State"] for r in recs] == ["REQUEUED", "COMPLETED"], (recs, out)
     assert "preempted" in out and re.search(r"requeueing \(requeue \d of at most 3\)", out), out
     assert "training finished (exit 0)" in out, out
@@ -206,20 +192,35 @@ def time_limit_chain(slurm, tmp_path, cleanup, executor: str) -> str:
     a loaded one (a fixed step count finished in one slot on a quiet machine). A slot may train as
     little as ~10 s (Slurm's 30-s limit checks can send the signal 15 s after the start, seen with
     submitit under load: 11 slots), hence up to 20 requeues."""
+    steps = walltime_steps(slurm, tmp_path)
+    run_dir = tmp_path / "walltime"
+    jid = submit(run_dir, *WALLTIME_SETS, "slurm.max_requeues=20", steps=steps, executor=executor)
+    cleanup.append(jid)
+    recs, out = records_and_log(wait_done(slurm, jid, run_dir, timeout=900), run_dir, jid)
+    states = [r["State"] for r in recs]
+    assert len(states) >= 3 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", (recs, out)
+    check_walltime_slots(run_dir, steps, out, len(states))
+    return job_output(run_dir, jid)
+
+
+WALLTIME_SETS = ["slurm.partition=normal", "slurm.nodes=1", "slurm.ranks_per_node=2", 'slurm.time="1"',
+                 "slurm.signal_seconds=20", "train.global_batch_size=32"]
+
+
+def walltime_steps(slurm, tmp_path: Path) -> int:
+    """Steps for ~WALLTIME_TRAIN_S s of training at the speed measured here and now; waits for a node."""
     rate = steps_per_second(tmp_path / "speed")
     steps = max(40, int(rate * WALLTIME_TRAIN_S))
     print(f"measured {rate:.2f} steps/s with 2 ranks: {steps} steps, ~{WALLTIME_TRAIN_S} s of training")
     slurm.wait_idle(1)
-    run_dir = tmp_path / "walltime"
-    jid = submit(run_dir, "slurm.partition=normal", "slurm.nodes=1", "slurm.ranks_per_node=2", "slurm.time=\"1\"",
-                 "slurm.signal_seconds=20", "slurm.max_requeues=20", "train.global_batch_size=32", steps=steps,
-                 executor=executor)
-    cleanup.append(jid)
-    recs, out = slots_that_started(wait_done(slurm, jid, run_dir, timeout=900), run_dir, jid)
-    states = [r["State"] for r in recs]
-    assert len(states) >= 3 and set(states[:-1]) == {"REQUEUED"} and states[-1] == "COMPLETED", (recs, out)
+    return steps
+
+
+def check_walltime_slots(run_dir: Path, steps: int, out: str, slots: int) -> None:
+    """Each slot but the last stopped for the time limit and handed over; the run trained every step
+    and every sample once."""
     requeues = [line for line in out.splitlines() if "requeueing" in line]
-    assert len(requeues) == len(states) - 1, out
+    assert len(requeues) == slots - 1, out
     # told apart from a preemption: the limit was near when the signal came (or the run's own deadline)
     assert all("timed-out" in line or "time limit" in line for line in requeues), out
     assert "preempted" not in out, out
@@ -227,7 +228,35 @@ def time_limit_chain(slurm, tmp_path, cleanup, executor: str) -> str:
     r = subprocess.run([sys.executable, "-m", "hpcyuan", "data", "samples", str(run_dir)], cwd=REPO,
                        capture_output=True, text=True, timeout=120)  # reads the run's own config (batch 32)
     assert r.returncode == 0, r.stdout + r.stderr
-    return job_output(run_dir, jid)
+
+
+def no_requeue_chain(slurm, tmp_path, cleanup, resume: str) -> None:
+    """The walltime chain on a site that forbids requeue (site profile resume = singleton | array):
+    `hpcyuan submit` submits max_requeues + 1 jobs at once (one name with --dependency=singleton, or
+    --array=0-N%1, both --no-requeue); each slot trains, checkpoints before its limit and ends, the
+    next starts and resumes; the one that finishes cancels the chain's jobs still pending."""
+    steps = walltime_steps(slurm, tmp_path)
+    site = tmp_path / f"local-{resume}.toml"
+    local = (REPO / "slurm" / "sites" / "local.toml").read_text()
+    site.write_text(local.replace('name = "local"', f'name = "local-{resume}"\nresume = "{resume}"', 1))
+    run_dir = tmp_path / "walltime"
+    ids = submit_jobs(run_dir, *WALLTIME_SETS, "slurm.max_requeues=12", steps=steps, site=str(site))
+    cleanup.extend(ids)
+    assert len(ids) == (13 if resume == "singleton" else 1), ids
+    show = diagnostics(slurm, run_dir, ids[0])
+    wait_for(lambda: not slurm.run("squeue", "-h", "-j", ",".join(ids), check=False).strip(), 900,
+             f"the chain {ids[0]}... done", show)
+    recs = [r for j in ids for r in slurm.wait_final(j)]
+    ran = [r for r in recs if not r["State"].startswith("CANCELLED")]  # "CANCELLED by 0": never started
+    assert len(ran) >= 3 and all(r["State"] == "COMPLETED" for r in ran), (recs, show())
+    if resume == "singleton":
+        assert len(recs) == 13, recs  # the rest were cancelled while pending
+        out = "\n".join("\n".join(log_lines(run_dir, r["JobIDRaw"])) for r in ran)
+    else:
+        out = "\n".join(log_lines(run_dir, ids[0]))  # one log: slurm-%A.out
+    assert "training finished" in out and "cancelled the chain's pending jobs" in out, out
+    assert "scontrol requeue" not in out and "the next job of the chain resumes" in out, out
+    check_walltime_slots(run_dir, steps, out, len(ran))
 
 
 def steps_per_second(run_dir: Path) -> float:
@@ -252,7 +281,7 @@ def resized_run(slurm, tmp_path, reference, cleanup, executor: str) -> str:
              f"job {vid} requeued", show)
     # min and max ("NumNodes=2" only lowers the minimum), and the tasks (4 tasks on 2 nodes of 1 each: BadConstraints)
     slurm.run("scontrol", "update", f"JobId={vid}", "NumNodes=2-2", "NumTasks=2")
-    recs, out = slots_that_started(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
+    recs, out = records_and_log(wait_done(slurm, vid, run_dir, timeout=150), run_dir, vid)
     slurm.cancel(hid)
     assert [(r["State"], r["NNodes"]) for r in recs] == [("REQUEUED", "4"), ("COMPLETED", "2")], (recs, out)
     assert "pp 1 x dp 4" in out and "pp 1 x dp 2" in out, out
@@ -316,6 +345,11 @@ def test_preempted_job_checkpoints_requeues_and_ends_bit_identical(slurm, tmp_pa
 
 def test_time_limit_chain_finishes_across_three_slots(slurm, tmp_path, shakespeare_512, cleanup):
     time_limit_chain(slurm, tmp_path, cleanup, "sbatch")
+
+
+@pytest.mark.parametrize("resume", ["singleton", "array"])
+def test_time_limit_chain_on_a_site_that_forbids_requeue(slurm, tmp_path, shakespeare_512, cleanup, resume):
+    no_requeue_chain(slurm, tmp_path, cleanup, resume)
 
 
 def test_preempted_on_four_nodes_resumes_on_two(slurm, tmp_path, reference, cleanup):

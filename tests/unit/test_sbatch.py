@@ -107,11 +107,11 @@ exit ${FAKE_RC:-0}
 """
 
 
-def run_script(tmp_path: Path, text: str, rc: int = 0, restarts: int = 0, nodes: int = 1,
+def run_script(tmp_path: Path, text: str, rc: int = 0, restarts: int = 0, nodes: int = 1, args: tuple[str, ...] = (),
                **env_extra: str) -> tuple[int, str, list[str]]:
     stubs = tmp_path / "bin"
     stubs.mkdir(exist_ok=True)
-    for name, body in (("srun", SRUN), ("scontrol", STUB), ("squeue", STUB)):
+    for name, body in (("srun", SRUN), ("scontrol", STUB), ("squeue", STUB), ("scancel", STUB)):
         (stubs / name).write_text(body)
         (stubs / name).chmod(0o755)
     (tmp_path / "calls").unlink(missing_ok=True)
@@ -120,7 +120,7 @@ def run_script(tmp_path: Path, text: str, rc: int = 0, restarts: int = 0, nodes:
            "SLURM_JOB_NODELIST": "node[1-4]", **env_extra}
     script = tmp_path / "job.sbatch"
     script.write_text(text)
-    r = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(["bash", str(script), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     calls = (tmp_path / "calls").read_text().splitlines() if (tmp_path / "calls").exists() else []
     return r.returncode, r.stdout + r.stderr, calls
 
@@ -192,3 +192,60 @@ def test_a_signal_during_that_step_requeues_without_starting_the_ranks(tmp_path)
     code, out, calls = run_script(tmp_path, render(["slurm.nodes=2"]), nodes=2, SIGNAL_CLEANUP="1")
     assert code == 0 and "stopped before the ranks started" in out, out
     assert "scontrol requeue 42" in calls and not any(c.startswith("srun --mpi=pmi2") for c in calls), calls
+
+
+# ---------------------------------------------------------------------------------------------
+# sites that forbid requeue: the run continues in the next job of a chain submitted up front
+
+CHAIN_SETS = ["slurm.max_requeues=3", "train.run_dir=runs/chain"]
+
+
+def chain_site(resume: str):
+    return site_from_dict({"name": f"no-requeue-{resume}", "resume": resume}, f"{resume}.toml")
+
+
+def test_chain_directives():
+    directives = lambda text: [line.split(None, 1)[1] for line in text.splitlines() if line.startswith("#SBATCH")]  # noqa: E731
+    single, array = (directives(render(CHAIN_SETS, site=chain_site(r))) for r in ("singleton", "array"))
+    assert "--no-requeue" in single and "--requeue" not in single and "--output=runs/chain/slurm-%j.out" in single
+    assert any(d.startswith("--dependency=singleton") for d in single), single
+    # one task at a time, max_requeues + 1 slots, one log for all of them (%A: the array's id)
+    assert "--no-requeue" in array and "--array=0-3%1" in array and "--output=runs/chain/slurm-%A.out" in array
+    assert "--requeue" in directives(render(CHAIN_SETS))
+    with pytest.raises(HpcyuanError, match="resume = 'sometimes': must be one of requeue, singleton, array"):
+        chain_site("sometimes")
+
+
+@pytest.mark.parametrize("resume, args, env", [("singleton", ("1",), {}),
+                                               ("array", (), {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "40"})])
+@pytest.mark.parametrize("rc, exit_code, handed_over, cancels, says", [
+    (75, 0, True, False, "the next job of the chain resumes (requeue 2 of at most 3)"),
+    (1, 0, True, False, "failure (exit 1"),
+    (0, 0, False, True, "training finished"),
+    (2, 2, False, True, "not retried"),
+])
+def test_chain_exit_code_mapping(tmp_path, resume, args, env, rc, exit_code, handed_over, cancels, says):
+    text = render(CHAIN_SETS, site=chain_site(resume))
+    code, out, calls = run_script(tmp_path, text, rc=rc, args=args, SLURM_JOB_NAME="my-run", SLURM_JOB_USER="ann",
+                                  **env)
+    assert code == exit_code, out
+    assert "restart 1]" in out, out  # the slot's index in the chain, from its argument or array task id
+    assert not any(c.startswith("scontrol requeue") for c in calls), calls  # never requeued: the site forbids it
+    assert ("requeueing: the next job" in out) == handed_over, out
+    cancel = {"singleton": "scancel --state=PENDING --user=ann --name=my-run", "array": "scancel --state=PENDING 40"}
+    assert (cancel[resume] in calls) == cancels, calls
+    assert says in out, out
+
+
+def test_the_last_slot_of_a_chain_gives_up_and_cancels_nothing_left_to_run(tmp_path):
+    text = render(CHAIN_SETS, site=chain_site("singleton"))
+    code, out, calls = run_script(tmp_path, text, rc=75, args=("3",), SLURM_JOB_NAME="my-run", SLURM_JOB_USER="ann")
+    assert code == 75 and "giving up" in out, out
+    assert "scancel --state=PENDING --user=ann --name=my-run" in calls, calls
+
+
+def test_submitit_refuses_a_site_that_forbids_requeue(tmp_path, capsys):
+    site = tmp_path / "norequeue.toml"
+    site.write_text('name = "norequeue"\nresume = "singleton"\n')
+    assert main(["submit", "--config", "tiny", "--site", str(site), "--executor", "submitit", "--dry-run"]) == 2
+    assert "submitit resumes by requeueing the job; use --executor sbatch" in capsys.readouterr().err
