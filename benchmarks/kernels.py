@@ -2,24 +2,33 @@
 
     .venv/bin/python benchmarks/kernels.py                 # every case, all cores (~10 min on 2 cores)
     .venv/bin/python benchmarks/kernels.py --threads 1 --quick    # one shape per op, fewer repeats
-    .venv/bin/python benchmarks/kernels.py --device cuda   # on a GPU machine (fp32, as on CPU)
+    .venv/bin/python benchmarks/kernels.py --device cuda   # on a GPU machine (benchmarks/gpu_check.sh runs it)
 
 For each case (op, shape from the tiny/demo/yuan-2b/M32 configs, forward or forward+backward) it times
   extension    torch.ops.hpcyuan.<op> (kernels/, "not built" when hpcyuan._C lacks it)
   eager        the pure-PyTorch reference of hpcyuan/ops/reference.py
   compile      torch.compile of that reference (first calls, compilation included, are warm-up)
   optim        fused_adamw only: torch.optim.AdamW(foreach=True) stepping the same flat fp32 shard
-as the median of --repeats calls after --warmup calls, fp32 inputs. Speed-ups are the peers' time over
-the extension's ("x eager" = eager time / extension time); GB/s (memory-bound ops) counts the bytes the
-fused kernel must move at least. The goals of the kernel issue are printed next to the results: lfa_filter
-and attention_router >= 2x eager, fused AdamW >= 1.5x torch.optim.AdamW(foreach=True) ("optim").
-fused_adamw runs without a param_out write-back, as torch.optim does.
+  fused        fused_adamw on CUDA only: torch.optim.AdamW(fused=True), torch's own one-kernel AdamW
+as the median of --repeats timings after --warmup calls, fp32 inputs unless the shape says bf16. On the CPU
+a timing is one call, wall-clock. On CUDA it is CUDA events around a batch of calls (as many as fill ~2 ms,
+at most 100) divided by the batch, so a call's launch and Python overhead count only where the GPU would
+wait for them; CUDA also adds shapes large enough to measure bandwidth (data many times the GPU's L2).
+Speed-ups are the peers' time over the extension's ("x eager" = eager time / extension time). GB/s
+(memory-bound ops) counts the bytes the fused kernel must move at least; on CUDA it is also given as a
+share of the device-to-device copy bandwidth measured at the start (bytes read + written) and of the
+datasheet peak (--peak-gbs; known for the H200, 4,800 GB/s). TFLOP/s (lfa_filter) counts its six GEMMs'
+FLOPs (forward 2, backward 4 of 2*N*C^2 each). The goals of the kernel issue are printed next to the
+results: lfa_filter and attention_router >= 2x eager, fused AdamW >= 1.5x torch.optim.AdamW(foreach=True)
+("optim"). fused_adamw runs without a param_out write-back, as torch.optim does.
 Not a test: it prints, it does not assert. The machine should be otherwise idle: timings are wall-clock.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
@@ -35,6 +44,10 @@ def parse_args():
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--warmup", type=int, default=None, help="calls before timing (default 5, quick 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls, median reported (default 20, quick 7)")
+    p.add_argument("--ops", default=None, help="comma-separated ops to run (default: all)")
+    p.add_argument("--peak-gbs", type=float, default=None,
+                   help="the device's datasheet memory bandwidth in GB/s (default: known for the H200)")
+    p.add_argument("--json", default=None, help="also write the results to this file (JSON lines, one per case)")
     return p.parse_args()
 
 
@@ -43,6 +56,7 @@ if ARGS.threads:  # before torch loads: the extension's OpenMP and torch share o
     os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
 
 from hpcyuan import ops  # noqa: E402  (imports hpcyuan._C when built)
 from hpcyuan.ops import reference  # noqa: E402
@@ -50,9 +64,17 @@ from hpcyuan.ops import reference  # noqa: E402
 if ARGS.threads:
     torch.set_num_threads(ARGS.threads)
 DEVICE = torch.device(ARGS.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+CUDA = DEVICE.type == "cuda"
 WARMUP = ARGS.warmup or (3 if ARGS.quick else 5)
 REPEATS = ARGS.repeats or (7 if ARGS.quick else 20)
-PEERS = ("eager", "compile", "optim")
+BATCH_S, MAX_BATCH = 2e-3, 100  # CUDA: calls per timing fill ~2 ms, at most 100
+PEAK_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "A100-SXM4-80GB": 2039.0}  # datasheets
+PEERS = ("eager", "compile", "optim") + (("fused",) if CUDA else ())
+# one torch.compile per case re-traces the same reference functions for each shape, dtype and grad mode:
+# above dynamo's default recompile limit (8 per function) it would silently run them eagerly
+for _name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, max(256, getattr(torch._dynamo.config, _name)))
 GOALS = {"lfa_filter": ("eager", 2.0), "attention_router": ("eager", 2.0), "fused_adamw": ("optim", 1.5)}
 W = 10  # width of a number column
 EPS = 1e-6
@@ -65,10 +87,15 @@ class Case:
     mode: str  # "fwd" or "fwd+bwd"
     make: Callable[[], dict[str, Callable[[], object]]]  # builds inputs; returns {"extension": fn, peer: fn}
     bytes_moved: int = 0  # minimal bytes per call of a fused kernel (memory-bound ops), 0: no GB/s
+    flops: int = 0  # FLOPs per call (GEMM-bound ops), 0: no TFLOP/s
 
 
-def _rand(*shape, grad=False, scale=1.0):
-    return (torch.randn(*shape, device=DEVICE) * scale).requires_grad_(grad)
+def _rand(*shape, grad=False, scale=1.0, dtype=torch.float32):
+    return (torch.randn(*shape, device=DEVICE, dtype=dtype) * scale).requires_grad_(grad)
+
+
+def _size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _runner(fn, args, grad_of, grad_out):
@@ -92,23 +119,26 @@ def _peers(op, ref, args, grad_of=None, grad_out=None):
             "compile": _runner(torch.compile(ref, dynamic=False), args, grad_of, grad_out)}
 
 
-def rms_norm_case(tokens, hidden, bwd):
+def rms_norm_case(tokens, hidden, dtype=torch.float32, *, bwd):
     def make():
-        x, w = _rand(tokens, hidden, grad=bwd), _rand(hidden, grad=bwd)
+        x, w = _rand(tokens, hidden, grad=bwd, dtype=dtype), _rand(hidden, grad=bwd)  # fp32 weight, as the model's
         grad_of = (0, 1) if bwd else None
-        return _peers("rms_norm", reference.reference_rms_norm, (x, w, EPS), grad_of, _rand(tokens, hidden))
+        return _peers("rms_norm", reference.reference_rms_norm, (x, w, EPS), grad_of,
+                      _rand(tokens, hidden, dtype=dtype))
     numel = tokens * hidden  # fwd: read x, write y; bwd: read grad, x, write dx
-    return make, numel * 4 * (5 if bwd else 2)
+    return make, numel * _size(dtype) * (5 if bwd else 2), 0
 
 
-def lfa_filter_case(B, T, C, bwd):
+def lfa_filter_case(B, T, C, dtype=torch.float32, *, bwd):
     def make():
-        params = (_rand(C // 2, C, 2, scale=0.05, grad=bwd), _rand(C // 2, scale=0.05, grad=bwd),
-                  _rand(C, C // 2, 2, scale=0.05, grad=bwd), _rand(C, scale=0.05, grad=bwd), _rand(C, grad=bwd))
-        args = (_rand(B, T, C, grad=bwd), *params, EPS)
+        params = (_rand(C // 2, C, 2, scale=0.05, grad=bwd, dtype=dtype),
+                  _rand(C // 2, scale=0.05, grad=bwd, dtype=dtype),
+                  _rand(C, C // 2, 2, scale=0.05, grad=bwd, dtype=dtype), _rand(C, scale=0.05, grad=bwd, dtype=dtype),
+                  _rand(C, grad=bwd))  # the norm weight stays fp32, as the model keeps it
+        args = (_rand(B, T, C, grad=bwd, dtype=dtype), *params, EPS)
         grad_of = tuple(range(6)) if bwd else None
-        return _peers("lfa_filter", reference.reference_lfa_filter, args, grad_of, _rand(B, T, C))
-    return make, 0
+        return _peers("lfa_filter", reference.reference_lfa_filter, args, grad_of, _rand(B, T, C, dtype=dtype))
+    return make, 0, 2 * B * T * C * C * (6 if bwd else 2)
 
 
 def router_case(N, E, bwd, top_k=2):
@@ -116,7 +146,7 @@ def router_case(N, E, bwd, top_k=2):
         args = (_rand(N, E, grad=bwd), _rand(N, E, grad=bwd), _rand(N, E, grad=bwd), top_k)
         grad_of = (0, 1, 2) if bwd else None
         return _peers("attention_router", reference.reference_attention_router, args, grad_of, _rand(N, top_k))
-    return make, 0
+    return make, 0, 0
 
 
 def fused_adamw_case(n):
@@ -131,43 +161,91 @@ def fused_adamw_case(n):
         param.grad = _rand(n)
         opt = torch.optim.AdamW([param], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
                                 weight_decay=hp["weight_decay"], foreach=True)
-        return {"extension": None if ext is None else (lambda: ext(*state, None, *kw.values())),
-                "eager": lambda: reference.reference_fused_adamw_(*state, None, **kw),
-                "compile": lambda: compiled(*state, None, **kw),
-                "optim": opt.step}
-    return make, n * 4 * 7  # read master, exp_avg, exp_avg_sq, grad; write the first three
+        fns = {"extension": None if ext is None else (lambda: ext(*state, None, *kw.values())),
+               "eager": lambda: reference.reference_fused_adamw_(*state, None, **kw),
+               "compile": lambda: compiled(*state, None, **kw),
+               "optim": opt.step}
+        if CUDA:  # torch's own fused CUDA AdamW, on a parameter of its own
+            fused_param = torch.nn.Parameter(_rand(n))
+            fused_param.grad = _rand(n)
+            fused = torch.optim.AdamW([fused_param], lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                                      weight_decay=hp["weight_decay"], fused=True)
+            fns["fused"] = fused.step
+        return fns
+    return make, n * 4 * 7, 0  # read master, exp_avg, exp_avg_sq, grad; write the first three
 
 
 def cases(quick: bool) -> list[Case]:
-    """(config, shape) per op: demo = hidden 256, 8 x 128 tokens; yuan-2b = hidden 2048; M32 = 32 experts."""
+    """(config, shape) per op: demo = hidden 256, 8 x 128 tokens; yuan-2b = hidden 2048; M32 = 32 experts.
+    On CUDA (not --quick) also shapes whose data is many times the GPU's L2 (bandwidth), and bf16."""
     out = []
+    bf16 = torch.bfloat16
+    big = CUDA and not quick
     norm = [("demo 1024x256", 1024, 256)] + ([] if quick else [("yuan-2b 4096x2048", 4096, 2048)])
+    norm += [("64Kx4096", 65536, 4096), ("64Kx4096 bf16", 65536, 4096, bf16)] if big else []
     lfa = [("demo 8x128x256", 8, 128, 256)] + ([] if quick else [("yuan-2b 1x1024x2048", 1, 1024, 2048)])
+    lfa += [("yuan-2b 4x4096x2048", 4, 4096, 2048), ("yuan-2b 4x4096x2048 bf16", 4, 4096, 2048, bf16)] if big else []
     router = [("M32 4096x32", 4096, 32)] if quick else [("E=8 4096x8", 4096, 8), ("M32 4096x32", 4096, 32),
                                                         ("M32 16384x32", 16384, 32)]
+    router += [("M32 262144x32", 262144, 32)] if big else []
     for bwd in (False, True):
         mode = "fwd+bwd" if bwd else "fwd"
-        out += [Case("rms_norm", s, mode, *rms_norm_case(t, h, bwd)) for s, t, h in norm]
-        out += [Case("lfa_filter", s, mode, *lfa_filter_case(b, t, c, bwd)) for s, b, t, c in lfa]
-        out += [Case("attention_router", s, mode, *router_case(n, e, bwd)) for s, n, e in router]
-    n = 4 << 20 if quick else 16 << 20
-    out.append(Case("fused_adamw", f"flat shard {n >> 20}M", "step", *fused_adamw_case(n)))
+        out += [Case("rms_norm", s, mode, *rms_norm_case(*a, bwd=bwd)) for s, *a in norm]
+        out += [Case("lfa_filter", s, mode, *lfa_filter_case(*a, bwd=bwd)) for s, *a in lfa]
+        out += [Case("attention_router", s, mode, *router_case(*a, bwd=bwd)) for s, *a in router]
+    sizes = [4 << 20] if quick else [16 << 20] + ([256 << 20] if big else [])
+    adamw = [Case("fused_adamw", f"flat shard {n >> 20}M", "step", *fused_adamw_case(n)) for n in sizes]
+    out = adamw + out if CUDA else out + adamw  # on CUDA first: the one cheap to compile, if time runs short
+    if ARGS.ops:
+        wanted = set(ARGS.ops.split(","))
+        out = [c for c in out if c.op in wanted]
     return out
 
 
 def timed(fn: Callable[[], object]) -> float:
-    """Median wall time of REPEATS calls after WARMUP calls, in seconds (device synchronized)."""
-    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)
+    """Seconds per call: on the CPU the median wall time of REPEATS calls after WARMUP calls; on CUDA the
+    median over REPEATS batches of CUDA-event time per call, a batch being as many calls as fill BATCH_S."""
+    if CUDA:
+        return _timed_cuda(fn)
     for _ in range(WARMUP):
         fn()
-    sync()
     times = []
     for _ in range(REPEATS):
         start = time.perf_counter()
         fn()
-        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _timed_cuda(fn: Callable[[], object]) -> float:
+    for _ in range(WARMUP):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    batch = max(1, min(MAX_BATCH, math.ceil(BATCH_S / max(time.perf_counter() - start, 1e-7))))
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(REPEATS):
+        begin.record()
+        for _ in range(batch):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) / 1e3 / batch)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy of 1 GiB on CUDA, bytes read + written per second (the practical ceiling)."""
+    n = 1 << 28  # fp32 elements
+    a, b = torch.empty(n, device=DEVICE), torch.empty(n, device=DEVICE)
+    a.normal_()
+    seconds = timed(lambda: b.copy_(a))
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / seconds
 
 
 def measure(case: Case) -> dict[str, float | str]:
@@ -190,13 +268,22 @@ def _ms(t):
     return f"{t * 1e3:{W}.3f}" if isinstance(t, float) else f"{(t or '-')[:W]:>{W}}"
 
 
+COPY_GBS: float | None = None  # measured at the start on CUDA
+PEAK: float | None = None
+
+
 def row(case: Case, res: dict) -> str:
     ext = res.get("extension")
     ok = isinstance(ext, float)
-    cols = [f"{case.op:<17}{case.shape:<21}{case.mode:<8}", _ms(ext)] + [_ms(res.get(p)) for p in PEERS]
+    cols = [f"{case.op:<17}{case.shape:<26}{case.mode:<8}", _ms(ext)] + [_ms(res.get(p)) for p in PEERS]
     cols += [f"{res[p] / ext:{W - 1}.2f}x" if ok and isinstance(res.get(p), float) else f"{'-':>{W}}"
              for p in PEERS]
-    cols.append(f"{case.bytes_moved / ext / 1e9:{W}.1f}" if ok and case.bytes_moved else f"{'-':>{W}}")
+    gbs = case.bytes_moved / ext / 1e9 if ok and case.bytes_moved else None
+    cols.append(f"{gbs:{W}.1f}" if gbs else f"{'-':>{W}}")
+    if CUDA:
+        cols.append(f"{100 * gbs / COPY_GBS:{W - 1}.0f}%" if gbs and COPY_GBS else f"{'-':>{W}}")
+        cols.append(f"{100 * gbs / PEAK:{W - 1}.0f}%" if gbs and PEAK else f"{'-':>{W}}")
+    cols.append(f"{case.flops / ext / 1e12:{W}.2f}" if ok and case.flops else f"{'-':>{W}}")
     goal = GOALS.get(case.op)
     if goal and ok and isinstance(res.get(goal[0]), float):
         ratio = res[goal[0]] / ext
@@ -205,16 +292,44 @@ def row(case: Case, res: dict) -> str:
 
 
 def main() -> None:
+    global COPY_GBS, PEAK
     built = sorted(ops.extension_ops()) or ["none"]
     print(f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, extension ops: {', '.join(built)}")
-    print(f"median of {REPEATS} calls after {WARMUP} warm-up calls; times in ms; speed-up = peer / extension")
-    head = " ".join([f"{'op':<17}{'shape':<21}{'mode':<8}", f"{'ext ms':>{W}}"] + [f"{p + ' ms':>{W}}" for p in PEERS]
-                    + [f"{'x ' + p:>{W}}" for p in PEERS] + [f"{'GB/s':>{W}}", " goal"])
+    if CUDA:
+        name = torch.cuda.get_device_name(DEVICE)
+        props = torch.cuda.get_device_properties(DEVICE)
+        PEAK = ARGS.peak_gbs or next((v for k, v in PEAK_GBS.items() if k in name), None)
+        COPY_GBS = copy_bandwidth() / 1e9
+        print(f"GPU {name}: {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB, CUDA "
+              f"{torch.version.cuda}; device-to-device copy {COPY_GBS:,.0f} GB/s (1 GiB, read + write), datasheet "
+              f"peak {f'{PEAK:,.0f} GB/s' if PEAK else 'unknown (--peak-gbs)'}; TF32 for fp32 matmuls: "
+              f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+        print(f"median of {REPEATS} CUDA-event timings after {WARMUP} warm-up calls, each timing a batch of calls "
+              f"filling ~{BATCH_S * 1e3:.0f} ms (at most {MAX_BATCH}); times in ms per call; "
+              "speed-up = peer / extension")
+    else:
+        print(f"median of {REPEATS} calls after {WARMUP} warm-up calls; times in ms; speed-up = peer / extension")
+    rates = [f"{'GB/s':>{W}}"] + ([f"{'% copy':>{W}}", f"{'% peak':>{W}}"] if CUDA else []) + [f"{'TFLOP/s':>{W}}"]
+    head = " ".join([f"{'op':<17}{'shape':<26}{'mode':<8}", f"{'ext ms':>{W}}"] + [f"{p + ' ms':>{W}}" for p in PEERS]
+                    + [f"{'x ' + p:>{W}}" for p in PEERS] + rates + [" goal"])
     print(head)
     print("-" * len(head))
+    out = open(ARGS.json, "w") if ARGS.json else None
     for case in cases(ARGS.quick):
-        print(row(case, measure(case)), flush=True)
+        res = measure(case)
+        print(row(case, res), flush=True)
+        if out:
+            ext = res.get("extension")
+            record = {"op": case.op, "shape": case.shape, "mode": case.mode, "device": str(DEVICE),
+                      "ms": {k: v * 1e3 if isinstance(v, float) else v for k, v in res.items()},
+                      "gbs": case.bytes_moved / ext / 1e9 if case.bytes_moved and isinstance(ext, float) else None,
+                      "tflops": case.flops / ext / 1e12 if case.flops and isinstance(ext, float) else None,
+                      "copy_gbs": COPY_GBS, "peak_gbs": PEAK}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+        if CUDA:
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ int pair_code(at::ScalarType xt, at::ScalarType ct) {
   if (xt == ct && xt == at::kBFloat16) return 1;
   if (xt == ct && xt == at::kDouble) return 2;
   if (xt == at::kFloat && ct == at::kBFloat16) return 3;
+  if (xt == ct && xt == at::kHalf) return 4;
+  if (xt == at::kFloat && ct == at::kHalf) return 5;
   TORCH_CHECK(false, "hpcyuan::lfa_filter (CUDA): x is ", xt, " and the conv weights ", ct,
-              "; supported: fp32, bf16 or fp64 for both, or fp32 x with bf16 convs (autocast)");
+              "; supported: fp32, bf16, fp16 or fp64 for both, or fp32 x with bf16/fp16 convs (autocast)");
 }
 
 void check_launch(cudaError_t err, const char* what) {

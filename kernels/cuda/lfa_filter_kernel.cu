@@ -5,6 +5,7 @@
 // - passes 3 and 4: a grid of at most kMaxBlocks blocks strides over rows; thread j owns column j of every
 //   row, so each block accumulates its own column-sum partial row (no atomics), summed by sum_partials_kernel.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "lfa_filter_kernel.h"
@@ -112,14 +113,6 @@ __global__ void conv1_pair_bwd_kernel(const Cv* __restrict__ dy, Cv* __restrict_
   }
 }
 
-template <typename A> cudaError_t sum_partials(const void* partial, void* out, int64_t nb, int64_t cols,
-                                               cudaStream_t st) {
-  if (cols > 0)
-    sum_partials_kernel<A><<<static_cast<unsigned>((cols + kThreads - 1) / kThreads), kThreads, 0, st>>>(
-        static_cast<const A*>(partial), static_cast<A*>(out), nb, cols);
-  return cudaGetLastError();
-}
-
 template <typename X, typename Cv, typename A> struct Launch {
   static cudaError_t conv1_fwd(const void* p, const void* a, void* y, int64_t rows, int64_t T, int64_t H,
                                cudaStream_t st) {
@@ -165,6 +158,8 @@ using F32 = Launch<float, float, float>;
 using BF16 = Launch<__nv_bfloat16, __nv_bfloat16, float>;
 using F64 = Launch<double, double, double>;
 using F32BF16 = Launch<float, __nv_bfloat16, float>;
+using F16 = Launch<__half, __half, float>;
+using F32F16 = Launch<float, __half, float>;
 
 }  // namespace
 
@@ -174,6 +169,8 @@ using F32BF16 = Launch<float, __nv_bfloat16, float>;
     case 1: return BF16::call;                    \
     case 2: return F64::call;                     \
     case 3: return F32BF16::call;                 \
+    case 4: return F16::call;                     \
+    case 5: return F32F16::call;                  \
     default: return cudaErrorInvalidValue;        \
   }
 

@@ -3,9 +3,10 @@
 // lfa_filter.cu, through at::mm / cuBLAS). Plain pointers and a stream, no torch types, so the kernels compile
 // with bare nvcc (kernels/check_cuda.sh). N = rows = B*T, C channels, H = C/2.
 //
-// dtype names the (activation, conv) pair: 0 = fp32, 1 = bf16, 2 = fp64 (both the same), 3 = fp32 activations
-// with bf16 convs (bf16 autocast). Biases and norm weights are passed in the math type (fp32; fp64 for 2);
-// rstd and the column-sum outputs are in it too. Each launcher returns cudaGetLastError() after its launches.
+// dtype names the (activation, conv) pair: 0 = fp32, 1 = bf16, 2 = fp64, 4 = fp16 (both the same), 3 = fp32
+// activations with bf16 convs (bf16 autocast), 5 = fp32 activations with fp16 convs (fp16 autocast). Biases
+// and norm weights are passed in the math type (fp32; fp64 for 2); rstd and the column-sum outputs are in it
+// too. Each launcher returns cudaGetLastError() after its launches.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -23,8 +24,9 @@ cudaError_t hpcyuan_lfa_norm_fwd(int dtype, const void* z, const void* bias2, co
                                  void* s, void* out, void* rstd, int64_t rows, int64_t cols, double eps,
                                  cudaStream_t stream);
 
-// Pass 3: ds (activation dtype) and, for dtype 3, ds_conv (bf16; else null) from the RMSNorm backward;
-// sums (2, cols) = (d norm_weight, d bias2). partial: workspace of hpcyuan_lfa_bwd_blocks(rows) * 2 * cols.
+// Pass 3: ds (activation dtype) and, for dtypes 3 and 5, ds_conv (the convs' dtype; else null) from the RMSNorm
+// backward; sums (2, cols) = (d norm_weight, d bias2). partial: workspace of hpcyuan_lfa_bwd_blocks(rows) * 2 *
+// cols.
 cudaError_t hpcyuan_lfa_norm_bwd(int dtype, const void* grad_out, const void* s, const void* rstd,
                                  const void* norm_weight, void* ds, void* ds_conv, void* partial, void* sums,
                                  int64_t rows, int64_t cols, cudaStream_t stream);

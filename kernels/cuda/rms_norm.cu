@@ -18,7 +18,8 @@ int dtype_code(at::ScalarType t) {
     case at::kFloat: return 0;
     case at::kBFloat16: return 1;
     case at::kDouble: return 2;
-    default: TORCH_CHECK(false, "hpcyuan::rms_norm (CUDA): fp32, bf16 or fp64 inputs only, got ", t);
+    case at::kHalf: return 3;
+    default: TORCH_CHECK(false, "hpcyuan::rms_norm (CUDA): fp32, bf16, fp16 or fp64 inputs only, got ", t);
   }
 }
 

@@ -3,6 +3,7 @@
 // over rows; each block writes its dx rows and accumulates its own dw partial row (no atomics), then a
 // second kernel sums the partials over blocks.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "rms_norm_kernel.h"
@@ -89,9 +90,8 @@ cudaError_t launch_bwd(const void* g, const void* x, const void* w, void* dx, vo
         static_cast<A*>(dwp), rows, cols, static_cast<A>(eps));
   else
     return cudaMemsetAsync(dw, 0, cols * sizeof(A), s);
-  sum_partials_kernel<A><<<static_cast<unsigned>((cols + kThreads - 1) / kThreads), kThreads, 0, s>>>(
-      static_cast<const A*>(dwp), static_cast<A*>(dw), nb, cols);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  return err != cudaSuccess ? err : sum_partials<A>(dwp, dw, nb, cols, s);
 }
 
 }  // namespace
@@ -106,6 +106,7 @@ extern "C" cudaError_t hpcyuan_rms_norm_fwd(int dtype, const void* x, const void
     case 0: return launch_fwd<float, float>(x, w, y, rows, cols, eps, s);
     case 1: return launch_fwd<__nv_bfloat16, float>(x, w, y, rows, cols, eps, s);
     case 2: return launch_fwd<double, double>(x, w, y, rows, cols, eps, s);
+    case 3: return launch_fwd<__half, float>(x, w, y, rows, cols, eps, s);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -117,6 +118,7 @@ extern "C" cudaError_t hpcyuan_rms_norm_bwd(int dtype, const void* g, const void
     case 0: return launch_bwd<float, float>(g, x, w, dx, dwp, dw, rows, cols, eps, s);
     case 1: return launch_bwd<__nv_bfloat16, float>(g, x, w, dx, dwp, dw, rows, cols, eps, s);
     case 2: return launch_bwd<double, double>(g, x, w, dx, dwp, dw, rows, cols, eps, s);
+    case 3: return launch_bwd<__half, float>(g, x, w, dx, dwp, dw, rows, cols, eps, s);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -1,7 +1,7 @@
 // C-style launchers for the RMSNorm CUDA kernels (rms_norm_kernel.cu). Plain pointers and a stream, no
 // torch types: the kernels compile with bare nvcc (kernels/check_cuda.sh) and the torch glue in
 // rms_norm.cu stays thin. Weights are passed in the math type (fp32, or fp64 for fp64 inputs).
-// dtype: 0 = fp32, 1 = bf16, 2 = fp64. Each launcher returns cudaGetLastError() after its launches.
+// dtype: 0 = fp32, 1 = bf16, 2 = fp64, 3 = fp16. Each launcher returns cudaGetLastError() after its launches.
 #pragma once
 #include <cuda_runtime.h>
 #include <stdint.h>

@@ -189,3 +189,40 @@ def test_cuda_opcheck():
     args = [t.cuda() for t in _state(n, 5).values()] + [torch.randn(n, device="cuda"),
                                                          torch.empty(n, dtype=torch.bfloat16, device="cuda")]
     torch.library.opcheck(torch.ops.hpcyuan.fused_adamw.default, (*args, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5))
+
+
+@CUDA
+@pytest.mark.parametrize("weight_decay, grad_scale", [(0.0, 1.0), (0.1, 0.25)], ids=["wd0", "wd0.1-scale0.25"])
+def test_cuda_matches_torch_adamw_on_cuda(weight_decay, grad_scale):
+    # against torch.optim.AdamW(foreach=True) stepping the same parameter on the GPU (torch's CUDA kernels)
+    n = 1 << 20
+    st = {k: t.cuda() for k, t in _state(n, 0).items()}
+    for step, grad in enumerate(_grads(n, 1), start=1):
+        _kernel(*st.values(), grad.cuda(), None, **HP, weight_decay=weight_decay, step=step, grad_scale=grad_scale)
+    p = torch.nn.Parameter(_state(n, 0)["master"].cuda())
+    opt = torch.optim.AdamW([p], lr=HP["lr"], betas=(HP["beta1"], HP["beta2"]), eps=HP["eps"],
+                            weight_decay=weight_decay, foreach=True)
+    for grad in _grads(n, 1):
+        p.grad = grad.cuda() * grad_scale
+        opt.step()
+    want = {"master": p.detach().cpu(), "exp_avg": opt.state[p]["exp_avg"].cpu(),
+            "exp_avg_sq": opt.state[p]["exp_avg_sq"].cpu()}
+    _compare({k: t.cpu() for k, t in st.items()}, want,
+             f"fused_adamw CUDA wd={weight_decay} scale={grad_scale} vs torch.optim.AdamW(foreach) on CUDA",
+             _grad_max(n, grad_scale))
+
+
+@CUDA
+def test_cuda_special_values():
+    # NaN and inf propagate as in the CPU kernel; a bf16 NaN is written as a NaN
+    n = 8
+    st = _state(n, 3)
+    grad = torch.randn(n)
+    grad[2], grad[5] = float("nan"), float("inf")
+    cu = {k: t.cuda() for k, t in st.items()}
+    out = torch.empty(n, dtype=torch.bfloat16, device="cuda")
+    _kernel(*cu.values(), grad.cuda(), out, **HP, weight_decay=0.1, step=1, grad_scale=1.0)
+    _kernel(*st.values(), grad, None, **HP, weight_decay=0.1, step=1, grad_scale=1.0)
+    _compare({k: t.cpu() for k, t in cu.items()}, st, "fused_adamw CUDA with NaN and inf gradients vs CPU kernel",
+             grad.nan_to_num(posinf=0).abs().max().item(), equal_nan=True)
+    assert torch.equal(out.cpu().isnan(), st["master"].isnan())
