@@ -4,10 +4,12 @@
 
 Rank 0 picks the newest checkpoint that passes the cheap checks (reader.latest_good: sizes, metadata
 crc32s; one line per skipped one) and every rank reads what its layout needs, from whatever layout
-wrote it, checking each block it reads against its crc32. Between them the ranks read, and so check,
-every byte of the checkpoint's data once. If any rank finds damage, all ranks agree on its one-line
-reason, which rank 0 prints, and go back to the previous good checkpoint. RNG states come back
-when the job has as many ranks as the writer.
+wrote it, checking each block it reads against its crc32: its optimizer block (master, m, v); the
+weights are then rebuilt from the master blocks (state.py). Between them the ranks read, and so
+check, every byte of the optimizer state once (the weights, equal to the master cast, are checked
+by `hpcyuan ckpt verify --deep` and by export). If any rank finds damage, all ranks agree on its
+one-line reason, which rank 0 prints, and go back to the previous good checkpoint. RNG states come
+back when the job has as many ranks as the writer.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def restore(job, optimizer, cfg: Config, say: Callable[[str], None]) -> dict | N
         if job.is_main:
             say(f"checkpoint: skipping {problem}; loading the previous good checkpoint")
         older_than = step
+    optimizer.rebuild_weights()  # only now: every rank's reads checked, so all ranks take part
     optimizer.steps_taken = meta["optimizer_steps"]
     layout = meta["layout"]
     say(f"resumed from {reader.dir} (step {meta['step']}, {meta['consumed_samples']:,} samples), written by "

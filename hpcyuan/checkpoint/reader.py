@@ -37,10 +37,11 @@ from hpcyuan.errors import HpcyuanError
 
 __all__ = ["CheckpointReader", "latest_good", "list_checkpoints", "verify"]
 
-READ_BYTES = 32 << 20
-READERS = 2
-"""Threads that read and check runs of blocks at once: two requests in flight keep the disk busy
-while the other thread checks crc32s or waits for its next request to start."""
+READ_BYTES = 8 << 20
+READERS = 4
+"""Threads that read and check runs of blocks at once: four 8 MiB requests in flight keep the disk
+busy while a thread checks crc32s or starts its next request (measured on this VM's disk, 1 GiB
+restore: 1 x 32 MiB 1.69 GB/s, 2 x 32 MiB 2.09, 4 x 8 MiB 2.22, 8 x 8 MiB 2.28)."""
 
 
 def verify(step_dir, deep: bool = False, kinds: tuple[str, ...] = KINDS) -> list[str]:

@@ -2,6 +2,7 @@
 
     pieces = rank_pieces(optimizer, stage_rank_info)   # this rank's share: (name, kind, shape, start, stop, data)
     load_rank_state(optimizer, read_into)              # read_into(kind, name, start, out): fill 1-D numpy `out`
+    optimizer.rebuild_weights()                        # the weights from the master blocks (collective over dp)
 
 A piece is a contiguous range [start, stop) of the *flattened* global tensor of one logical parameter
 (`embedding.weight`, `layers.3.attn.q_proj.weight`, ...) and one kind: the weight itself, or the
@@ -16,6 +17,13 @@ Who writes what, so that every range is written exactly once:
   - the tied embedding's copy on the last pipeline stage (`lm_head.weight`, logical name
     `embedding.weight`) is not written: the first stage writes it, and both load it;
   - padding is never written.
+
+What a rank loads: only its optimizer block (master, m, v of flat.shard(dp_rank), or of everything
+with ZeRO-0). The weights are not read: every step leaves them equal to the master cast to their
+dtype (the fused AdamW writes them back from it), so `optimizer.rebuild_weights()` makes them again,
+bit for bit, and under ZeRO-1/2 all-gathers them over dp as a step does. A rank thus reads 12 bytes
+per parameter it owns instead of also the 2-4 bytes of every weight of its stage (dp times over).
+The weights stay in the checkpoint for readers without an optimizer (export, generate, h5py).
 """
 
 from __future__ import annotations
@@ -41,32 +49,34 @@ def rank_pieces(optimizer, dp_rank: int) -> list[Piece]:
     sources = {"weight": flat.data, "master": optimizer.master, "exp_avg": optimizer.exp_avg,
                "exp_avg_sq": optimizer.exp_avg_sq}
     pieces = []
-    for seg in flat.segments:
-        if seg.name == "lm_head.weight":
-            continue  # the first stage writes the tied embedding
-        part = seg.region.intersect(block)
-        if part is None:
-            continue
-        for kind, source in sources.items():
-            offset = 0 if kind == "weight" else optimizer.owned.start
+    # kind by kind, so a shard holds the weights, then master, m and v, each back to back: a resume
+    # reads the last three as one sequential run (load_rank_state skips the weights)
+    for kind, source in sources.items():
+        offset = 0 if kind == "weight" else optimizer.owned.start
+        for seg in flat.segments:
+            if seg.name == "lm_head.weight":
+                continue  # the first stage writes the tied embedding
+            part = seg.region.intersect(block)
+            if part is None:
+                continue
             data = source[part.start - offset:part.end - offset].detach().numpy()
             pieces.append(Piece(logical(seg.name), kind, seg.shape, part.start - seg.start, part.end - seg.start, data))
     return pieces
 
 
 def load_rank_state(optimizer, read_into: Callable[[str, str, int, np.ndarray], None]) -> None:
-    """Fill this rank's weights (all of its stage's parameters) and optimizer block from a checkpoint
-    written by any layout; `read_into(kind, name, start, out)` fills the numpy array `out` with
-    elements [start, start + out.size) of a flattened tensor (CheckpointReader.read_into), here
-    straight into the live buffers."""
+    """Fill this rank's optimizer block (fp32 master, Adam m and v) from a checkpoint written by any
+    layout; `read_into(kind, name, start, out)` fills the numpy array `out` with elements
+    [start, start + out.size) of a flattened tensor (CheckpointReader.read_into), here straight into
+    the live buffers. The weights come after, from the master: `optimizer.rebuild_weights()`."""
     flat = optimizer.flat
-    for seg in flat.segments:
-        name = logical(seg.name)
-        read_into("weight", name, 0, flat.data[seg.start:seg.start + seg.numel].detach().numpy())
-        part = seg.region.intersect(optimizer.owned)
-        if part is None:
-            continue
-        for kind, target in (("master", optimizer.master), ("exp_avg", optimizer.exp_avg),
-                             ("exp_avg_sq", optimizer.exp_avg_sq)):
+    # kind by kind, in the order rank_pieces writes them: reads from a shard of the same layout are
+    # one sequential run
+    for kind, target in (("master", optimizer.master), ("exp_avg", optimizer.exp_avg),
+                         ("exp_avg_sq", optimizer.exp_avg_sq)):
+        for seg in flat.segments:
+            part = seg.region.intersect(optimizer.owned)
+            if part is None:
+                continue
             owned = target[part.start - optimizer.owned.start:part.end - optimizer.owned.start]
-            read_into(kind, name, part.start - seg.start, owned.detach().numpy())
+            read_into(kind, logical(seg.name), part.start - seg.start, owned.detach().numpy())

@@ -94,6 +94,15 @@ class ZeroAdamW:
             self.dp.all_gather_inplace(self.flat.data)
         return StepResult(grad_norm, skipped=False)
 
+    def rebuild_weights(self) -> None:
+        """The model's weights from the master block, as a step leaves them: this rank's block cast
+        into the flat buffer, then (ZeRO-1/2) the all-gather that gives every rank every weight. A
+        checkpoint load reads only master, m and v (checkpoint/state.py); a collective over dp."""
+        with torch.no_grad():
+            self.flat.data[self.owned.start:self.owned.end].copy_(self.master)
+        if self.zero_stage > 0:
+            self.dp.all_gather_inplace(self.flat.data)
+
     def _owned_grad(self) -> torch.Tensor:
         """The summed gradient of the owned region."""
         return self.sync.grad if self.zero_stage == 0 else self.sync.grad_shard

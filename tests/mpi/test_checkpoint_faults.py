@@ -3,7 +3,9 @@
   * a rank SIGKILLed in the middle of a save: the next start loads the previous checkpoint and the
     run ends bit-identical to one that was never killed;
   * the newest checkpoint damaged (a flipped byte in a shard, a missing shard, a missing manifest):
-    named in one line, skipped, and the previous one loaded;
+    named in one line, skipped, and the previous one loaded; a flipped byte in a weight, which a
+    resume does not read (it rebuilds the weights from the master), changes nothing there and is
+    named by the deep verify;
   * the disk full during a save (a real 9 MiB tmpfs): one clear error, printed once, exit status 2,
     the previous checkpoint intact and no partial directory left;
   * a loss spike: the spike guard rewinds to the last checkpoint and skips that batch.
@@ -39,11 +41,13 @@ def test_rank_killed_mid_save_resumes_from_the_previous_checkpoint(shakespeare_5
           f"{tensors} tensors bit-identical to the run never killed; " + check_samples(tmp_path / "run", 6))
 
 
-def flip_a_data_byte(step_dir):
+def flip_a_data_byte(step_dir, kind: str = "master"):
+    """Flip one bit of the first dataset of `kind` in shard 1 (a resume reads master, m and v; the
+    weights it rebuilds from the master)."""
     shard = step_dir / "shard_00001.h5"
     with h5py.File(shard, "r") as f:
-        name = next(n for n in f["weight"].keys())
-        d = f["weight"][name][next(iter(f["weight"][name].keys()))]
+        name = next(n for n in f[kind].keys())
+        d = f[kind][name][next(iter(f[kind][name].keys()))]
         offset = d.id.get_offset()
     with open(shard, "r+b") as fh:
         fh.seek(offset + 7)
@@ -65,6 +69,25 @@ def two_checkpoints(shakespeare_512, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("base") / "run"
     train(run_dir, 4, 1, 2, *EVERY_2)
     return run_dir
+
+
+@pytest.mark.timeout(300)
+def test_a_flipped_weight_byte_does_not_reach_training_and_deep_verify_names_it(two_checkpoints, tmp_path):
+    # the resume does not read the weights (it rebuilds them from the checked master), so it goes on
+    # from the newest checkpoint, exactly; `hpcyuan ckpt verify --deep` (and export) read them and say
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run_dir, symlinks=True)
+    step_dir = run_dir / "checkpoints" / "step_00000004"
+    flip_a_data_byte(step_dir, "weight")
+    assert verify(step_dir) == []  # the cheap checks: sizes and metadata crc32s
+    problems = verify(step_dir, deep=True)
+    assert len(problems) == 1 and "shard_00001.h5: /weight/" in problems[0] and "fail their crc32" in problems[0]
+    resumed = train(run_dir, 6, 1, 2, *EVERY_2)
+    assert "(step 4, 32 samples)" in resumed.stdout, resumed.stdout
+    reference = tmp_path / "reference"
+    train(reference, 6, 1, 2, *EVERY_2)
+    assert losses(reference) == losses(run_dir)
+    assert_bit_identical(reference, run_dir, 6)
 
 
 @pytest.mark.timeout(300)

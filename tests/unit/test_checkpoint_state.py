@@ -1,8 +1,10 @@
 """Resharding by logical name and flat range (hpcyuan/checkpoint/state.py), without files or ranks.
 
 State written by every rank of one layout (pp = 1 x dp = 3, or pp = 2 x dp = 2, ZeRO-1) is loaded by every rank of
-others (pp = 2 x dp = 2 with an uneven split, pp = 4 x dp = 1, ZeRO-0): each rank's weights and
-optimizer block come back equal, bit for bit, to the values written; every range was written once.
+others (pp = 2 x dp = 2 with an uneven split, pp = 4 x dp = 1, ZeRO-0): each rank's optimizer block
+comes back equal, bit for bit, to the values written, and the weights rebuilt from the master blocks
+(as ZeroAdamW.rebuild_weights does: each rank's block, all-gathered over dp) equal the weights
+written; every range was written once.
 The optimizer stand-in holds the tensors ZeroAdamW holds (flat buffer, owned block, master, m, v);
 the MPI runs of the same code are the checkpoint integration tests.
 """
@@ -24,10 +26,13 @@ CFG = load_config("tiny-m32")
 
 
 def truth() -> dict:
-    """A distinct value for every (kind, logical name, element)."""
+    """A distinct value for every (kind, logical name, element), except that the weights equal the
+    master (fp32 here), as every step leaves them."""
     stage = build_stage(CFG.model, Topology(1, 1, (CFG.model.num_layers,)), 0)
     g = torch.Generator().manual_seed(7)
-    return {(kind, name): torch.randn(p.numel(), generator=g) for kind in KINDS for name, p in stage.named_parameters()}
+    values = {(kind, name): torch.randn(p.numel(), generator=g) for kind in KINDS for name, p in stage.named_parameters()
+              if kind != "weight"}
+    return values | {("weight", name): values[("master", name)].clone() for _, name in list(values)}
 
 
 def ranks(topology: Topology, zero_stage: int):
@@ -42,10 +47,25 @@ def ranks(topology: Topology, zero_stage: int):
                                            exp_avg_sq=zeros.clone())
 
 
-def fill_from(values: dict, optimizer) -> None:
+def fill_from(values: dict, optimizer) -> set[str]:
+    """load_rank_state from `values`; returns the kinds it read."""
+    kinds = set()
+
     def read_into(kind, name, start, out):
+        kinds.add(kind)
         out[...] = values[(kind, name)][start:start + out.size].numpy()
     load_rank_state(optimizer, read_into)
+    return kinds
+
+
+def rebuild_weights(stage_ranks: list) -> None:
+    """ZeroAdamW.rebuild_weights over one stage's dp ranks: each casts its master block into its
+    flat buffer, then the all-gather (here: every rank's block copied to the others)."""
+    for opt in stage_ranks:
+        opt.flat.data[opt.owned.start:opt.owned.end] = opt.master
+    for opt in stage_ranks:
+        for other in stage_ranks:
+            other.flat.data[opt.owned.start:opt.owned.end] = opt.flat.data[opt.owned.start:opt.owned.end]
 
 
 @pytest.mark.parametrize("source", [Topology(1, 3, (4,)), Topology(2, 2, (3, 1))], ids=["from-dp3", "from-pp2xdp2"])
@@ -56,6 +76,7 @@ def test_any_layout_loads_any_other(source, target):
     written = {key: np.full(len(v), -1) for key, v in values.items()}  # which rank wrote each element
     for rank, (dp_rank, opt) in enumerate(ranks(source, zero_stage=1)):
         fill_from(values, opt)
+        rebuild_weights([opt])  # its own block is all rank_pieces writes
         for piece in rank_pieces(opt, dp_rank):
             key = (piece.kind, piece.name)
             assert (written[key][piece.start:piece.stop] == -1).all(), f"{key} written twice"
@@ -64,9 +85,13 @@ def test_any_layout_loads_any_other(source, target):
     assert all((w >= 0).all() for w in written.values()), "a range was never written"
 
     topology, zero_stage = target
-    for dp_rank, opt in ranks(topology, zero_stage):
+    loaded = list(ranks(topology, zero_stage))
+    for _, opt in loaded:
         stored = {key: v.clone() for key, v in values.items()}
-        fill_from(stored, opt)
+        assert fill_from(stored, opt) == {"master", "exp_avg", "exp_avg_sq"}  # the weights are not read
+    for pp_rank in range(topology.pp):
+        rebuild_weights([opt for _, opt in loaded[pp_rank * topology.dp:(pp_rank + 1) * topology.dp]])
+    for _, opt in loaded:
         for seg in opt.flat.segments:
             name = logical(seg.name)
             assert torch.equal(opt.flat.data[seg.start:seg.start + seg.numel], values[("weight", name)])
