@@ -19,8 +19,9 @@ Measured, --repeats times each, the peers interleaved; printed: median (fastest-
      commit: index, meta, manifest, renames) against raw numpy tofile + fsync of the same tensors (the
      practical ceiling; also with hpcyuan's early writeback), torch.save + fsync, and dcp.save
      (FileSystemWriter defaults: 1 thread, fsync).
-     read GB/s: hpcyuan collective.restore (the cheap verify, then reads into the optimizer with every
-     block's crc32 checked) against raw readinto, torch.load(weights_only=True) + copy into the state
+     read GB/s: hpcyuan collective.restore (the cheap verify, then reads master, m and v into the
+     optimizer with every block's crc32 checked and rebuilds the weights from the master, as after a
+     step; the state's every byte comes back, from 3/4 of them on disk) against raw readinto, torch.load(weights_only=True) + copy into the state
      (what load_state_dict does), and dcp.load in place. Before every read each file is dropped from
      the page cache (posix_fadvise DONTNEED; drop_caches where that is not enough), checked with
      mincore; after every read the state's crc32 is checked.
@@ -523,7 +524,8 @@ def report(args, nbytes, writes, reads, sizes, cached, cpu, missing) -> None:
         print(f"  {name:<44} {spread(secs[label], nbytes):<22} {w[label] / w['hpcyuan']:>11.2f}x   "
               f"{read}   {sizes[label] / 1e9:.3f} GB")
     print("  hpcyuan write = the whole synchronous save (shard with block crc32s, fsync, commit); hpcyuan read =")
-    print("  collective.restore (the cheap verify, then reads into the optimizer, every block's crc32 checked).")
+    print("  collective.restore (the cheap verify, then master, m and v read into the optimizer, every block's crc32")
+    print("  checked, and the weights rebuilt from the master: every byte of the state back, 3/4 of them read).")
     print(f"  Page cache before each read: at most {max(cached)} bytes of the files resident (mincore), "
           f"{len(cached)} reads.")
     print("  One process writes one shard file; with N ranks, N shard files are written in parallel.")
