@@ -114,10 +114,15 @@ def test_gradcheck_float64(shape):
 @pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.bfloat16,) * 2, (torch.float64,) * 2,
                                     (torch.float32, torch.bfloat16)], ids=["fp32", "bf16", "fp64", "fp32-x-bf16-convs"])
 def test_opcheck(dtypes):
+    _opcheck(dtypes, "cpu")
+
+
+def _opcheck(dtypes, device: str) -> None:
+    """torch.library.opcheck of the op and of its forward and backward ops, on `device`."""
     x_dtype, conv_dtype = dtypes
     x, params, grad = _inputs((3, 5, 10), conv_dtype, seed=7)
-    x, grad = x.to(x_dtype).requires_grad_(), grad.to(x_dtype)
-    params = [p.requires_grad_() for p in params]
+    x, grad = x.to(x_dtype).to(device).requires_grad_(), grad.to(x_dtype).to(device)
+    params = [p.to(device).requires_grad_() for p in params]
     torch.library.opcheck(torch.ops.hpcyuan.lfa_filter.default, (x, *params, EPS))
     torch.library.opcheck(torch.ops.hpcyuan.lfa_filter_forward.default, (x, *params, EPS))
     _, y1_pair, s, rstd = torch.ops.hpcyuan.lfa_filter_forward(x.detach(), *[p.detach() for p in params], EPS)
@@ -219,16 +224,7 @@ def test_cuda_gradcheck_float64(shape):
 @pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.bfloat16,) * 2, (torch.float16,) * 2,
                                     (torch.float32, torch.bfloat16)], ids=["fp32", "bf16", "fp16", "fp32-x-bf16-convs"])
 def test_cuda_opcheck(dtypes):
-    x_dtype, conv_dtype = dtypes
-    x, params, grad = _inputs((3, 5, 10), conv_dtype, seed=7)
-    x, grad = x.to(x_dtype).cuda().requires_grad_(), grad.to(x_dtype).cuda()
-    params = [p.cuda().requires_grad_() for p in params]
-    torch.library.opcheck(torch.ops.hpcyuan.lfa_filter.default, (x, *params, EPS))
-    torch.library.opcheck(torch.ops.hpcyuan.lfa_filter_forward.default, (x, *params, EPS))
-    _, y1_pair, s, rstd = torch.ops.hpcyuan.lfa_filter_forward(x.detach(), *[p.detach() for p in params], EPS)
-    w1, _, w2, _, nw = (p.detach() for p in params)
-    torch.library.opcheck(torch.ops.hpcyuan.lfa_filter_backward.default,
-                          (grad, x.detach(), w1, w2, nw, y1_pair, s, rstd))
+    _opcheck(dtypes, "cuda")
 
 
 @CUDA
