@@ -79,10 +79,15 @@ def test_gradcheck_float64(shape):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 def test_opcheck(dtype):
-    x = torch.randn(3, 5, 17).to(dtype).requires_grad_()
-    w = torch.randn(17, requires_grad=True)
+    _opcheck(dtype, "cpu")
+
+
+def _opcheck(dtype, device: str) -> None:
+    """torch.library.opcheck of the forward and backward ops on `device`."""
+    x = torch.randn(3, 5, 17, device=device).to(dtype).requires_grad_()
+    w = torch.randn(17, device=device, requires_grad=True)
     torch.library.opcheck(torch.ops.hpcyuan.rms_norm.default, (x, w, EPS))
-    grad = torch.randn(3, 5, 17).to(dtype)
+    grad = torch.randn(3, 5, 17, device=device).to(dtype)
     torch.library.opcheck(torch.ops.hpcyuan.rms_norm_backward.default, (grad, x.detach(), w.detach(), EPS))
 
 
@@ -155,8 +160,4 @@ def test_cuda_gradcheck_float64(shape):
 @CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_opcheck(dtype):
-    x = torch.randn(3, 5, 17, device="cuda").to(dtype).requires_grad_()
-    w = torch.randn(17, device="cuda", requires_grad=True)
-    torch.library.opcheck(torch.ops.hpcyuan.rms_norm.default, (x, w, EPS))
-    grad = torch.randn(3, 5, 17, device="cuda").to(dtype)
-    torch.library.opcheck(torch.ops.hpcyuan.rms_norm_backward.default, (grad, x.detach(), w.detach(), EPS))
+    _opcheck(dtype, "cuda")
