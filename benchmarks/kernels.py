@@ -10,6 +10,8 @@ For each case (op, shape from the tiny/demo/yuan-2b/M32 configs, forward or forw
   compile      torch.compile of that reference (first calls, compilation included, are warm-up)
   optim        fused_adamw only: torch.optim.AdamW(foreach=True) stepping the same flat fp32 shard
   fused        fused_adamw on CUDA only: torch.optim.AdamW(fused=True), torch's own one-kernel AdamW
+  into         fused_adamw only: the extension's step into other buffers (fused_adamw_into, the step
+               after a checkpoint's freeze); "x into" above 1 is what it costs over the in-place step
 as the median of --repeats timings after --warmup calls, fp32 inputs unless the shape says bf16. On the CPU
 a timing is one call, wall-clock. On CUDA it is CUDA events around a batch of calls (as many as fill ~2 ms,
 at most 100) divided by the batch, so a call's launch and Python overhead count only where the GPU would
@@ -69,7 +71,7 @@ WARMUP = ARGS.warmup or (3 if ARGS.quick else 5)
 REPEATS = ARGS.repeats or (7 if ARGS.quick else 20)
 BATCH_S, MAX_BATCH = 2e-3, 100  # CUDA: calls per timing fill ~2 ms, at most 100
 PEAK_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "A100-SXM4-80GB": 2039.0}  # datasheets
-PEERS = ("eager", "compile", "optim") + (("fused",) if CUDA else ())
+PEERS = ("eager", "compile", "optim") + (("fused",) if CUDA else ()) + ("into",)
 # one torch.compile per case re-traces the same reference functions for each shape, dtype and grad mode:
 # above dynamo's default recompile limit (8 per function) it would silently run them eagerly
 for _name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
@@ -156,6 +158,8 @@ def fused_adamw_case(n):
         state = (_rand(n), torch.zeros(n, device=DEVICE), torch.zeros(n, device=DEVICE), _rand(n))  # + grad
         kw = dict(hp, step=10, grad_scale=1.0)
         ext = getattr(torch.ops.hpcyuan, "fused_adamw", None)
+        ext_into = getattr(torch.ops.hpcyuan, "fused_adamw_into", None)
+        spare = tuple(torch.zeros(n, device=DEVICE) for _ in range(3))
         compiled = torch.compile(reference.reference_fused_adamw_, dynamic=False)
         param = torch.nn.Parameter(_rand(n))
         param.grad = _rand(n)
@@ -164,7 +168,8 @@ def fused_adamw_case(n):
         fns = {"extension": None if ext is None else (lambda: ext(*state, None, *kw.values())),
                "eager": lambda: reference.reference_fused_adamw_(*state, None, **kw),
                "compile": lambda: compiled(*state, None, **kw),
-               "optim": opt.step}
+               "optim": opt.step,
+               "into": None if ext_into is None else (lambda: ext_into(*state, *spare, None, *kw.values()))}
         if CUDA:  # torch's own fused CUDA AdamW, on a parameter of its own
             fused_param = torch.nn.Parameter(_rand(n))
             fused_param.grad = _rand(n)

@@ -257,8 +257,9 @@ class CheckpointConfig:
     keep_every: int = 0
     """Also keep every checkpoint whose step is a multiple of this; 0 keeps no extra ones."""
     async_save: bool = True
-    """Write checkpoints in a background thread while training goes on (the step waits only for a
-    copy of the state in memory); false writes them before the next step."""
+    """Write checkpoints in a background thread while training goes on (training waits only for a
+    freeze of the optimizer state: the next step writes out of place, into a second copy of master,
+    m and v kept in memory); false writes them before the next step."""
 
     def __post_init__(self):
         _check(self.interval >= 0, "interval", self.interval, "must be >= 0 (0 = only at the end)")

@@ -1,4 +1,6 @@
-// Fused AdamW CPU kernel: one pass over a flat fp32 shard (the ZeRO optimizer's, hpcyuan/parallel/zero.py).
+// Fused AdamW CPU kernel: one pass over a flat fp32 shard (the ZeRO optimizer's, hpcyuan/parallel/zero.py),
+// in place (fused_adamw) or from one set of master/m/v buffers into another (fused_adamw_into: the step after a
+// checkpoint snapshot, which leaves the snapshot untouched for the background writer; same bytes moved).
 // Per element, in exactly torch.optim.AdamW's foreach order (torch/optim/adam.py `_multi_tensor_adam`),
 // each step rounded to fp32 like the foreach ops, with the scalars computed in double as Python does:
 //   g = grad * grad_scale
@@ -72,13 +74,22 @@ inline __attribute__((always_inline)) void store(uint16_t* out, int64_t i, float
   out[i] = static_cast<uint16_t>(b);
 }
 
+// One AdamW step from (master, exp_avg, exp_avg_sq) into `to` (the same arrays for the in-place step); the
+// pointers of a pair may alias, element i reads its inputs before it writes element i.
+struct State {
+  const float *master, *exp_avg, *exp_avg_sq;
+};
+struct StateOut {
+  float *master, *exp_avg, *exp_avg_sq;
+};
+
 // elements [begin, end): out_t = float, or uint16_t for bf16 bits; kWrite = false skips the write-back.
-// The body is branch-free so that GCC vectorizes it under `omp simd`: both lerp branches are computed and
-// one is selected (a loop-invariant choice), and the scalars are local copies.
+// The body is branch-free so that GCC vectorizes it under `omp simd` (which also promises GCC that the loop
+// carries no dependence, so the aliasing of the in-place step does not block it): both lerp branches are
+// computed and one is selected (a loop-invariant choice), and the scalars are local copies.
 template <typename out_t, bool kWrite>
-HPCYUAN_SIMD_CLONES void adamw_range(float* __restrict master, float* __restrict exp_avg,
-                                     float* __restrict exp_avg_sq, const float* __restrict grad,
-                                     out_t* __restrict out, int64_t begin, int64_t end, const AdamwScalars& c) {
+HPCYUAN_SIMD_CLONES void adamw_range(State from, StateOut to, const float* __restrict grad, out_t* __restrict out,
+                                     int64_t begin, int64_t end, const AdamwScalars& c) {
   const float grad_scale = c.grad_scale, decay = c.decay, w1 = c.w1, one_minus_w1 = c.one_minus_w1;
   const float beta2 = c.beta2, one_minus_beta2 = c.one_minus_beta2, bc2_sqrt = c.bc2_sqrt, eps = c.eps;
   const float neg_step_size = c.neg_step_size;
@@ -86,26 +97,25 @@ HPCYUAN_SIMD_CLONES void adamw_range(float* __restrict master, float* __restrict
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
     const float g = grad[i] * grad_scale;
-    const float p = master[i] * decay;
-    const float m = exp_avg[i], d = g - m;
+    const float p = from.master[i] * decay;
+    const float m = from.exp_avg[i], d = g - m;
     const float m_lo = m + w1 * d, m_hi = g - d * one_minus_w1;  // lerp, weight < 0.5 and >= 0.5
     const float m_new = small_w1 ? m_lo : m_hi;
-    const float v_new = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g;
+    const float v_new = from.exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g;
     const float denom = std::sqrt(v_new) / bc2_sqrt + eps;
     const float p_new = p + neg_step_size * m_new / denom;
-    exp_avg[i] = m_new;
-    exp_avg_sq[i] = v_new;
-    master[i] = p_new;
+    to.exp_avg[i] = m_new;
+    to.exp_avg_sq[i] = v_new;
+    to.master[i] = p_new;
     if constexpr (kWrite) store(out, i, p_new);
   }
 }
 
 template <typename out_t, bool kWrite>
-void adamw_loop(float* master, float* exp_avg, float* exp_avg_sq, const float* grad, out_t* out, int64_t n,
-                const AdamwScalars& c) {
+void adamw_loop(State from, StateOut to, const float* grad, out_t* out, int64_t n, const AdamwScalars& c) {
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < n; b += kBlock)
-    adamw_range<out_t, kWrite>(master, exp_avg, exp_avg_sq, grad, out, b, std::min(b + kBlock, n), c);
+    adamw_range<out_t, kWrite>(from, to, grad, out, b, std::min(b + kBlock, n), c);
 }
 
 void check_flat(const at::Tensor& t, const char* name, int64_t n) {
@@ -114,36 +124,54 @@ void check_flat(const at::Tensor& t, const char* name, int64_t n) {
   TORCH_CHECK(t.is_contiguous(), "fused_adamw: ", name, " must be contiguous");
 }
 
-void fused_adamw_cpu(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-                     const at::Tensor& grad, const std::optional<at::Tensor>& param_out, double lr, double beta1,
-                     double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
+void check_state(const at::Tensor& t, const char* name, int64_t n) {
+  check_flat(t, name, n);
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "fused_adamw: ", name, " must be fp32, got ", t.scalar_type());
+}
+
+void adamw_cpu(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+               const at::Tensor& grad, const at::Tensor& master_out, const at::Tensor& exp_avg_out,
+               const at::Tensor& exp_avg_sq_out, const std::optional<at::Tensor>& param_out, double lr, double beta1,
+               double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
   const int64_t n = master.numel();
-  for (const auto& [t, name] : {std::pair{&master, "master"}, std::pair{&exp_avg, "exp_avg"},
-                                std::pair{&exp_avg_sq, "exp_avg_sq"}, std::pair{&grad, "grad"}}) {
-    check_flat(*t, name, n);
-    TORCH_CHECK(t->scalar_type() == at::kFloat, "fused_adamw: ", name, " must be fp32, got ", t->scalar_type());
-  }
+  for (const auto& [t, name] :
+       {std::pair{&master, "master"}, std::pair{&exp_avg, "exp_avg"}, std::pair{&exp_avg_sq, "exp_avg_sq"},
+        std::pair{&grad, "grad"}, std::pair{&master_out, "master_out"}, std::pair{&exp_avg_out, "exp_avg_out"},
+        std::pair{&exp_avg_sq_out, "exp_avg_sq_out"}})
+    check_state(*t, name, n);
   TORCH_CHECK(step >= 1, "fused_adamw: step must be >= 1, got ", step);
   const AdamwScalars c = make_scalars(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
-  float *pm = master.mutable_data_ptr<float>(), *pa = exp_avg.mutable_data_ptr<float>();
-  float* ps = exp_avg_sq.mutable_data_ptr<float>();
+  const State from{master.const_data_ptr<float>(), exp_avg.const_data_ptr<float>(),
+                   exp_avg_sq.const_data_ptr<float>()};
+  const StateOut to{master_out.mutable_data_ptr<float>(), exp_avg_out.mutable_data_ptr<float>(),
+                    exp_avg_sq_out.mutable_data_ptr<float>()};
   const float* pg = grad.const_data_ptr<float>();
   if (!param_out.has_value()) {
-    adamw_loop<float, false>(pm, pa, ps, pg, nullptr, n, c);
+    adamw_loop<float, false>(from, to, pg, nullptr, n, c);
     return;
   }
   const at::Tensor& out = *param_out;
   check_flat(out, "param_out", n);
   if (out.scalar_type() == at::kFloat)
-    adamw_loop<float, true>(pm, pa, ps, pg, out.mutable_data_ptr<float>(), n, c);
+    adamw_loop<float, true>(from, to, pg, out.mutable_data_ptr<float>(), n, c);
   else if (out.scalar_type() == at::kBFloat16)
-    adamw_loop<uint16_t, true>(pm, pa, ps, pg, static_cast<uint16_t*>(out.mutable_data_ptr()), n, c);
+    adamw_loop<uint16_t, true>(from, to, pg, static_cast<uint16_t*>(out.mutable_data_ptr()), n, c);
   else
     TORCH_CHECK(false, "fused_adamw: param_out must be fp32 or bf16, got ", out.scalar_type());
 }
 
+void fused_adamw_cpu(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                     const at::Tensor& grad, const std::optional<at::Tensor>& param_out, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
+  adamw_cpu(master, exp_avg, exp_avg_sq, grad, master, exp_avg, exp_avg_sq, param_out, lr, beta1, beta2, eps,
+            weight_decay, step, grad_scale);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hpcyuan, CPU, m) { m.impl("fused_adamw", &fused_adamw_cpu); }
+TORCH_LIBRARY_IMPL(hpcyuan, CPU, m) {
+  m.impl("fused_adamw", &fused_adamw_cpu);
+  m.impl("fused_adamw_into", &adamw_cpu);
+}
 
 }  // namespace hpcyuan

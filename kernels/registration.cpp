@@ -37,4 +37,8 @@ TORCH_LIBRARY(hpcyuan, m) {
   m.def("fused_adamw(Tensor(a!) master, Tensor(b!) exp_avg, Tensor(c!) exp_avg_sq, Tensor grad, "
         "Tensor(d!)? param_out, float lr, float beta1, float beta2, float eps, float weight_decay, int step, "
         "float grad_scale) -> ()");
+  // the same step from (master, exp_avg, exp_avg_sq), left unchanged, into the *_out tensors
+  m.def("fused_adamw_into(Tensor master, Tensor exp_avg, Tensor exp_avg_sq, Tensor grad, Tensor(a!) master_out, "
+        "Tensor(b!) exp_avg_out, Tensor(c!) exp_avg_sq_out, Tensor(d!)? param_out, float lr, float beta1, "
+        "float beta2, float eps, float weight_decay, int step, float grad_scale) -> ()");
 }

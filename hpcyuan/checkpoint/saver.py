@@ -1,15 +1,16 @@
-"""Saving a training job's checkpoint, in the background: the blocking part is a copy in memory.
+"""Saving a training job's checkpoint, in the background: the blocking part is a freeze, not a copy.
 
     saver = Saver(job, cfg)                 # every rank; duplicates the world communicator
-    saver.save(optimizer, progress)         # at a checkpoint step: copy, then write in a thread
+    saver.save(optimizer, progress)         # at a checkpoint step: freeze, then write in a thread
     ...                                     # training goes on while the files are written
     saver.wait()                            # before the next save, a rewind, or the end of the run
     saver.close()                           # the end of the run: the save in flight is finished
 
-`save` first waits for the previous save (and re-raises its error), then copies this rank's pieces
-(state.rank_pieces) into buffers kept from save to save (one more copy of the rank's share of the
-state in memory), its RNG state and the progress: after that the optimizer may change the live
-state. A thread then writes the copy on its own duplicate of the world communicator, whose messages
+`save` first waits for the previous save (and re-raises its error), then freezes the optimizer's
+master, m and v (ZeroAdamW.freeze: the next step reads them and writes its result into a second set
+of buffers, out of place, so they stay as they are with nothing copied; the weights are the frozen
+master, state.frozen_state) and takes its RNG state and the progress: after that training goes on.
+A thread then writes the frozen state on its own duplicate of the world communicator, whose messages
 can never match the training loop's (MPI runs with MPI_THREAD_MULTIPLE): rank 0 creates
 `step_N.tmp/`, every rank writes its shard file, rank 0 gathers every rank's shard record (or its
 error) and commits (writer.commit: index, meta, manifest last, fsync, rename, `latest`), or removes
@@ -19,7 +20,7 @@ checkpoints are untouched.
 
 If the job dies (a killed rank, MPI_Abort) while a save is in flight, the directory is still
 `step_N.tmp/`, which no reader ever looks at: a save is committed whole or not at all. With
-`checkpoint.async_save = false` the same steps run in the caller's thread, without the copy.
+`checkpoint.async_save = false` the same steps run in the caller's thread on the live state.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 import hpcyuan
 from hpcyuan.checkpoint.format import Piece, ShardRecord, tmp_dir_name
-from hpcyuan.checkpoint.state import rank_pieces
+from hpcyuan.checkpoint.state import frozen_state, live_state, rank_pieces
 from hpcyuan.checkpoint.writer import abort, begin, commit, write_shard
 from hpcyuan.config import Config
 from hpcyuan.errors import EveryRankError, HpcyuanError
@@ -51,7 +52,7 @@ def checkpoint_root(cfg: Config) -> Path:
 
 @dataclass
 class Snapshot:
-    """What one rank writes for one checkpoint, copied out of the live training state."""
+    """What one rank writes for one checkpoint: views of the frozen (async) or live (sync) state."""
 
     step: int
     pieces: list[Piece]
@@ -77,14 +78,13 @@ class Saver:
         self.comm: Comm = job.groups.world.dup("checkpoint I/O")
         self.last = SaveTiming()
         self._thread: threading.Thread | None = None
-        self._buffers: list[np.ndarray] | None = None  # the copy of this rank's state (async only)
         self._error: BaseException | None = None
 
     def save(self, optimizer, progress: dict) -> None:
         """Checkpoint `progress["step"]`: returns once the state is copied (async) or committed."""
         self.wait()
         start = time.perf_counter()
-        snap = self._snapshot(optimizer, progress, copy=self.asynchronous)
+        snap = self._snapshot(optimizer, progress)
         self.last = SaveTiming(snap.step, time.perf_counter() - start)
         if not self.asynchronous:
             self._write(snap, start)
@@ -112,10 +112,9 @@ class Saver:
         if error is not None:
             raise error
 
-    def _snapshot(self, optimizer, progress: dict, copy: bool) -> Snapshot:
-        pieces = rank_pieces(optimizer, self.job.dp_rank)
-        if copy:
-            pieces = self._copied(pieces)
+    def _snapshot(self, optimizer, progress: dict) -> Snapshot:
+        state = frozen_state(optimizer) if self.asynchronous else live_state(optimizer)
+        pieces = rank_pieces(optimizer, self.job.dp_rank, state)
         topo, world = self.job.topology, self.job.groups.world
         meta = {**progress, "optimizer_steps": optimizer.steps_taken, "data_seed": self.cfg.data.seed,
                 "model": dataclasses.asdict(self.cfg.model), "config": self.cfg.to_toml(),
@@ -123,17 +122,6 @@ class Saver:
                 "layout": {"pp": topo.pp, "dp": topo.dp, "layers_per_stage": list(topo.layers_per_stage),
                            "zero_stage": optimizer.zero_stage, "world_size": world.size}}
         return Snapshot(progress["step"], pieces, torch.get_rng_state().numpy().tobytes(), meta)
-
-    def _copied(self, pieces: list[Piece]) -> list[Piece]:
-        """The pieces with their data copied into buffers allocated at the first save and reused:
-        copying into fresh memory costs page faults (measured: ~1 s per GiB here, 3x the copy into
-        warm buffers). Safe because a save starts only after the previous one has finished."""
-        if self._buffers is None or [b.shape for b in self._buffers] != [p.data.shape for p in pieces]:
-            self._buffers = [np.empty_like(p.data) for p in pieces]
-        for buf, p in zip(self._buffers, pieces):
-            # torch's copy uses its intra-op threads (np.copyto one): 12 vs 8 GB/s on 2 cores here
-            torch.from_numpy(buf).copy_(torch.from_numpy(p.data))
-        return [dataclasses.replace(p, data=buf) for p, buf in zip(pieces, self._buffers)]
 
     def _write(self, snap: Snapshot, start: float) -> None:
         """Every rank, on the checkpoint communicator: write, gather, commit or discard, agree."""

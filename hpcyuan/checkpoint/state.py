@@ -1,8 +1,9 @@
 """What one rank saves and how any rank loads it back: the training state as pieces of logical tensors.
 
-    pieces = rank_pieces(optimizer, stage_rank_info)   # this rank's share: (name, kind, shape, start, stop, data)
-    load_rank_state(optimizer, read_into)              # read_into(kind, name, start, out): fill 1-D numpy `out`
-    optimizer.rebuild_weights()                        # the weights from the master blocks (collective over dp)
+    state = live_state(optimizer)                 # or frozen_state(optimizer): an async save's, no copy
+    pieces = rank_pieces(optimizer, dp_rank, state)  # this rank's share: (name, kind, shape, start, stop, data)
+    load_rank_state(optimizer, read_into)         # read_into(kind, name, start, out): fill 1-D numpy `out`
+    optimizer.rebuild_weights()                   # the weights from the master blocks (collective over dp)
 
 A piece is a contiguous range [start, stop) of the *flattened* global tensor of one logical parameter
 (`embedding.weight`, `layers.3.attn.q_proj.weight`, ...) and one kind: the weight itself, or the
@@ -32,7 +33,9 @@ from typing import Callable
 
 import numpy as np
 
-from hpcyuan.checkpoint.format import Piece
+import torch
+
+from hpcyuan.checkpoint.format import KINDS, Piece
 
 TIED_LOGICAL = "embedding.weight"
 
@@ -41,25 +44,42 @@ def logical(name: str) -> str:
     return TIED_LOGICAL if name == "lm_head.weight" else name
 
 
-def rank_pieces(optimizer, dp_rank: int) -> list[Piece]:
-    """This rank's pieces of every kind (see the module docstring for who writes what). Their data
-    are numpy views of the live state: copy them before training goes on."""
-    flat = optimizer.flat
+def live_state(optimizer) -> dict[str, torch.Tensor]:
+    """This rank's optimizer block of every kind, live: kind -> the tensor holding flat-buffer elements
+    [owned.start, owned.end) of it (the weights' part of the flat buffer, master, m, v)."""
+    owned = optimizer.owned
+    return {"weight": optimizer.flat.data[owned.start:owned.end], "master": optimizer.master,
+            "exp_avg": optimizer.exp_avg, "exp_avg_sq": optimizer.exp_avg_sq}
+
+
+def frozen_state(optimizer) -> dict[str, torch.Tensor]:
+    """Like live_state, but master, m and v frozen by `optimizer.freeze()` (left unchanged by the
+    next steps, see ZeroAdamW.freeze) and the weights derived from the frozen master: every step
+    leaves them equal to the master cast to their dtype (the fused AdamW writes them back from it),
+    so with fp32 weights they are the master's own bits and nothing is copied."""
+    state = optimizer.freeze()
+    dtype = optimizer.flat.data.dtype
+    state["weight"] = state["master"] if dtype == torch.float32 else state["master"].to(dtype)
+    return state
+
+
+def rank_pieces(optimizer, dp_rank: int, state: dict[str, torch.Tensor]) -> list[Piece]:
+    """This rank's pieces of every kind (see the module docstring for who writes what), their data
+    numpy views of `state` (live_state or frozen_state): a live one must be written before training
+    goes on."""
+    flat, owned = optimizer.flat, optimizer.owned
     block = flat.shard(dp_rank)
-    sources = {"weight": flat.data, "master": optimizer.master, "exp_avg": optimizer.exp_avg,
-               "exp_avg_sq": optimizer.exp_avg_sq}
     pieces = []
     # kind by kind, so a shard holds the weights, then master, m and v, each back to back: a resume
     # reads the last three as one sequential run (load_rank_state skips the weights)
-    for kind, source in sources.items():
-        offset = 0 if kind == "weight" else optimizer.owned.start
+    for kind in KINDS:
         for seg in flat.segments:
             if seg.name == "lm_head.weight":
                 continue  # the first stage writes the tied embedding
             part = seg.region.intersect(block)
             if part is None:
                 continue
-            data = source[part.start - offset:part.end - offset].detach().numpy()
+            data = state[kind][part.start - owned.start:part.end - owned.start].detach().numpy()
             pieces.append(Piece(logical(seg.name), kind, seg.shape, part.start - seg.start, part.end - seg.start, data))
     return pieces
 

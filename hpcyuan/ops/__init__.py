@@ -116,24 +116,38 @@ def attention_router(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top_k: i
 
 def fused_adamw_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, grad: torch.Tensor,
                  param_out: torch.Tensor | None, *, lr: float, beta1: float, beta2: float, eps: float,
-                 weight_decay: float, step: int, grad_scale: float = 1.0) -> None:
+                 weight_decay: float, step: int, grad_scale: float = 1.0,
+                 into: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
     """One AdamW step in place on a flat fp32 shard (reference_fused_adamw_ gives the exact math).
 
     master, exp_avg, exp_avg_sq, grad: 1-D contiguous fp32 of one length; param_out: the same length in
     fp32 or bf16 (the model's working copy), or None to skip the write-back; step counts from 1.
+    `into`: three more such tensors that receive the new master, exp_avg and exp_avg_sq instead, leaving
+    the first three unchanged (the same bits and the same bytes moved as the in-place step).
     """
-    _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step)
+    _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step, into)
+    hyper = (lr, beta1, beta2, eps, weight_decay, step, grad_scale)
     if _use_extension("fused_adamw"):
-        torch.ops.hpcyuan.fused_adamw(master, exp_avg, exp_avg_sq, grad, param_out, lr, beta1, beta2, eps,
-                                      weight_decay, step, grad_scale)
-    else:
-        reference_fused_adamw_(master, exp_avg, exp_avg_sq, grad, param_out, lr=lr, beta1=beta1, beta2=beta2,
-                               eps=eps, weight_decay=weight_decay, step=step, grad_scale=grad_scale)
+        if into is None:
+            torch.ops.hpcyuan.fused_adamw(master, exp_avg, exp_avg_sq, grad, param_out, *hyper)
+        else:
+            torch.ops.hpcyuan.fused_adamw_into(master, exp_avg, exp_avg_sq, grad, *into, param_out, *hyper)
+        return
+    if into is not None:
+        for target, source in zip(into, (master, exp_avg, exp_avg_sq)):
+            target.copy_(source)
+        master, exp_avg, exp_avg_sq = into
+    reference_fused_adamw_(master, exp_avg, exp_avg_sq, grad, param_out, lr=lr, beta1=beta1, beta2=beta2,
+                           eps=eps, weight_decay=weight_decay, step=step, grad_scale=grad_scale)
 
 
-def _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step: int) -> None:
+def _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step: int, into) -> None:
     n = master.numel()
     named = {"master": master, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grad": grad, "param_out": param_out}
+    if into is not None:
+        if len(into) != 3:
+            raise ValueError(f"fused_adamw_: into must be (master, exp_avg, exp_avg_sq), got {len(into)} tensors")
+        named.update(zip(("into[0]", "into[1]", "into[2]"), into))
     for name, t in named.items():
         if t is None and name == "param_out":
             continue

@@ -83,6 +83,11 @@ def _fused_adamw_fake(master, exp_avg, exp_avg_sq, grad, param_out, lr, beta1, b
     return None  # in place only (the schema's Tensor(a!) annotations), nothing returned
 
 
+def _fused_adamw_into_fake(master, exp_avg, exp_avg_sq, grad, master_out, exp_avg_out, exp_avg_sq_out, param_out,
+                           lr, beta1, beta2, eps, weight_decay, step, grad_scale):
+    return None  # writes only its *_out arguments
+
+
 def register(available: frozenset[str]) -> None:
     """Register fake + autograd for each op in `available` (names under torch.ops.hpcyuan)."""
     if "rms_norm" in available:
@@ -102,3 +107,4 @@ def register(available: frozenset[str]) -> None:
                                         setup_context=_attention_router_setup_context)
     if "fused_adamw" in available:
         torch.library.register_fake("hpcyuan::fused_adamw", _fused_adamw_fake)
+        torch.library.register_fake("hpcyuan::fused_adamw_into", _fused_adamw_into_fake)

@@ -13,6 +13,9 @@ One step (stage s >= 1; Psi = this stage's parameters, n = dp ranks, all fp32):
      AdamW kernel (hpcyuan.ops.fused_adamw_) scales the block by clip / n, updates the fp32 master
      block and its m and v, and writes the new values into the model's own parameters;
   4. all-gather of the flat parameter buffer: every rank holds every new weight.
+After `freeze()` (an async checkpoint's snapshot) step 3 reads master, m and v and writes the new ones
+into a second set of buffers, which training then uses: the frozen ones stay as they were, for the
+checkpoint writer, at no cost beyond the memory of that second set.
 Memory of master + m + v: 12 Psi / n bytes (plus padding to a multiple of n); stage 0 keeps all of
 it on every rank (12 Psi) and all-reduces gradients instead of steps 1 and 4. Wire bytes per step
 and rank: 2 (n-1)/n x 4 Psi for stages 0 and 1, the ZeRO paper's 2 Psi elements (its large-n value);
@@ -62,6 +65,9 @@ class ZeroAdamW:
         self.steps_taken = 0
         """AdamW's step count t (skipped steps do not count), for the bias corrections."""
         self._pieces = self.flat.decay_regions(self.owned)
+        self._frozen = False
+        """freeze() was called: the next step writes master, m and v into `_spare` and swaps."""
+        self._spare: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def zero_grad(self) -> None:
         self.sync.zero_grad()
@@ -82,17 +88,38 @@ class ZeroAdamW:
         clip = min(1.0, max_norm / (grad_norm + 1e-6))  # the factor of torch.nn.utils.clip_grad_norm_
         self.steps_taken += 1
         grad = self._owned_grad()
+        state = (self.master, self.exp_avg, self.exp_avg_sq)
+        targets = self._take_spare() if self._frozen else state
         for region, weight_decay in self._pieces:
             local = slice(region.start - self.owned.start, region.end - self.owned.start)
             ops.fused_adamw_(
-                self.master[local], self.exp_avg[local], self.exp_avg_sq[local], grad[local],
-                self.flat.data[region.start:region.end],
+                *(t[local] for t in state), grad[local], self.flat.data[region.start:region.end],
                 lr=lr, beta1=self.cfg.beta1, beta2=self.cfg.beta2, eps=self.cfg.adam_eps,
                 weight_decay=weight_decay, step=self.steps_taken, grad_scale=clip / self.dp.size,
+                into=None if targets is state else tuple(t[local] for t in targets),
             )
+        if targets is not state:  # the frozen buffers become the spare ones, for the next freeze
+            self._spare, self._frozen = state, False
+            self.master, self.exp_avg, self.exp_avg_sq = targets
         if self.zero_stage > 0:
             self.dp.all_gather_inplace(self.flat.data)
         return StepResult(grad_norm, skipped=False)
+
+    def freeze(self) -> dict[str, torch.Tensor]:
+        """This rank's master, m and v as they are now, kept unchanged until the next freeze: the next
+        step reads them and writes its result into a second set of buffers (out of place, the same
+        bytes moved), which training goes on with. An async checkpoint writes the frozen tensors in
+        the background with no copy (checkpoint/saver.py). The second set costs one more copy of
+        master, m and v (12 bytes per owned parameter), allocated at the first freeze; the caller
+        must be done with the frozen tensors before it freezes again or restores into the optimizer."""
+        self._frozen = True
+        return {"master": self.master, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def _take_spare(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._spare is None:
+            self._spare = tuple(torch.empty_like(self.master) for _ in range(3))
+        spare, self._spare = self._spare, None
+        return spare
 
     def rebuild_weights(self) -> None:
         """The model's weights from the master block, as a step leaves them: this rank's block cast

@@ -20,11 +20,14 @@ void check_flat(const at::Tensor& t, const char* name, const at::Tensor& master)
               master.device());
 }
 
-void fused_adamw_cuda(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
-                      const at::Tensor& grad, const std::optional<at::Tensor>& param_out, double lr, double beta1,
-                      double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
-  for (const auto& [t, name] : {std::pair{&master, "master"}, std::pair{&exp_avg, "exp_avg"},
-                                std::pair{&exp_avg_sq, "exp_avg_sq"}, std::pair{&grad, "grad"}}) {
+void adamw_cuda(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                const at::Tensor& grad, const at::Tensor& master_out, const at::Tensor& exp_avg_out,
+                const at::Tensor& exp_avg_sq_out, const std::optional<at::Tensor>& param_out, double lr, double beta1,
+                double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
+  for (const auto& [t, name] :
+       {std::pair{&master, "master"}, std::pair{&exp_avg, "exp_avg"}, std::pair{&exp_avg_sq, "exp_avg_sq"},
+        std::pair{&grad, "grad"}, std::pair{&master_out, "master_out"}, std::pair{&exp_avg_out, "exp_avg_out"},
+        std::pair{&exp_avg_sq_out, "exp_avg_sq_out"}}) {
     check_flat(*t, name, master);
     TORCH_CHECK(t->scalar_type() == at::kFloat, "fused_adamw: ", name, " must be fp32, got ", t->scalar_type());
   }
@@ -40,14 +43,25 @@ void fused_adamw_cuda(const at::Tensor& master, const at::Tensor& exp_avg, const
   }
   const c10::cuda::CUDAGuard guard(master.device());
   const cudaError_t err = hpcyuan_fused_adamw(
-      master.mutable_data_ptr<float>(), exp_avg.mutable_data_ptr<float>(), exp_avg_sq.mutable_data_ptr<float>(),
-      grad.const_data_ptr<float>(), out, out_dtype, master.numel(), lr, beta1, beta2, eps, weight_decay, step,
-      grad_scale, c10::cuda::getCurrentCUDAStream().stream());
+      master.const_data_ptr<float>(), exp_avg.const_data_ptr<float>(), exp_avg_sq.const_data_ptr<float>(),
+      grad.const_data_ptr<float>(), master_out.mutable_data_ptr<float>(), exp_avg_out.mutable_data_ptr<float>(),
+      exp_avg_sq_out.mutable_data_ptr<float>(), out, out_dtype, master.numel(), lr, beta1, beta2, eps, weight_decay,
+      step, grad_scale, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "hpcyuan::fused_adamw CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+void fused_adamw_cuda(const at::Tensor& master, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                      const at::Tensor& grad, const std::optional<at::Tensor>& param_out, double lr, double beta1,
+                      double beta2, double eps, double weight_decay, int64_t step, double grad_scale) {
+  adamw_cuda(master, exp_avg, exp_avg_sq, grad, master, exp_avg, exp_avg_sq, param_out, lr, beta1, beta2, eps,
+             weight_decay, step, grad_scale);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(hpcyuan, CUDA, m) { m.impl("fused_adamw", &fused_adamw_cuda); }
+TORCH_LIBRARY_IMPL(hpcyuan, CUDA, m) {
+  m.impl("fused_adamw", &fused_adamw_cuda);
+  m.impl("fused_adamw_into", &adamw_cuda);
+}
 
 }  // namespace hpcyuan

@@ -38,7 +38,7 @@ Scalars make_scalars(double lr, double beta1, double beta2, double eps, double w
   return c;
 }
 
-// one element: p (master), m (exp_avg), v (exp_avg_sq) updated in place
+// one element: p (master), m (exp_avg), v (exp_avg_sq) updated in registers
 __device__ __forceinline__ void adamw_elem(float& p, float& m, float& v, float grad, const Scalars& c) {
   const float g = grad * c.grad_scale;
   p = p * c.decay;
@@ -48,6 +48,22 @@ __device__ __forceinline__ void adamw_elem(float& p, float& m, float& v, float g
   const float denom = sqrtf(v) / c.bc2_sqrt + c.eps;  // IEEE sqrt and division (no --use_fast_math)
   p = p + c.neg_step_size * m / denom;
 }
+
+// Where a step reads master, m, v and where it writes them: the same arrays for the in-place step (so no
+// __restrict__ on them; each element is read before it is written, by the same thread).
+template <typename T> struct Arrays {
+  const T *master, *exp_avg, *exp_avg_sq;
+  T *master_out, *exp_avg_out, *exp_avg_sq_out;
+
+  template <typename U> Arrays<U> cast() const {
+    return {reinterpret_cast<const U*>(master), reinterpret_cast<const U*>(exp_avg),
+            reinterpret_cast<const U*>(exp_avg_sq), reinterpret_cast<U*>(master_out),
+            reinterpret_cast<U*>(exp_avg_out), reinterpret_cast<U*>(exp_avg_sq_out)};
+  }
+  Arrays offset(int64_t k) const {
+    return {master + k, exp_avg + k, exp_avg_sq + k, master_out + k, exp_avg_out + k, exp_avg_sq_out + k};
+  }
+};
 
 struct alignas(8) Bf16x4 {
   __nv_bfloat162 lo, hi;
@@ -66,34 +82,34 @@ template <int kOut> __device__ __forceinline__ void store4(void* out, int64_t i,
 
 template <int kOut>
 __global__ void __launch_bounds__(kThreads)
-    adamw_vec4_kernel(float4* __restrict__ master, float4* __restrict__ exp_avg, float4* __restrict__ exp_avg_sq,
-                      const float4* __restrict__ grad, void* __restrict__ out, int64_t n4, Scalars c) {
+    adamw_vec4_kernel(Arrays<float4> a, const float4* __restrict__ grad, void* __restrict__ out, int64_t n4,
+                      Scalars c) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n4; i += stride) {
-    float4 p = master[i], m = exp_avg[i], v = exp_avg_sq[i];
+    float4 p = a.master[i], m = a.exp_avg[i], v = a.exp_avg_sq[i];
     const float4 g = grad[i];
     adamw_elem(p.x, m.x, v.x, g.x, c);
     adamw_elem(p.y, m.y, v.y, g.y, c);
     adamw_elem(p.z, m.z, v.z, g.z, c);
     adamw_elem(p.w, m.w, v.w, g.w, c);
-    master[i] = p;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    a.master_out[i] = p;
+    a.exp_avg_out[i] = m;
+    a.exp_avg_sq_out[i] = v;
     store4<kOut>(out, i, p);
   }
 }
 
 template <int kOut>
 __global__ void __launch_bounds__(kThreads)
-    adamw_scalar_kernel(float* __restrict__ master, float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
-                        const float* __restrict__ grad, void* __restrict__ out, int64_t n, Scalars c) {
+    adamw_scalar_kernel(Arrays<float> a, const float* __restrict__ grad, void* __restrict__ out, int64_t n,
+                        Scalars c) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    float p = master[i], m = exp_avg[i], v = exp_avg_sq[i];
+    float p = a.master[i], m = a.exp_avg[i], v = a.exp_avg_sq[i];
     adamw_elem(p, m, v, grad[i], c);
-    master[i] = p;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    a.master_out[i] = p;
+    a.exp_avg_out[i] = m;
+    a.exp_avg_sq_out[i] = v;
     store1<kOut>(out, i, p);
   }
 }
@@ -106,36 +122,37 @@ unsigned blocks_for(int64_t work) {
 bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <int kOut>
-cudaError_t launch(float* master, float* exp_avg, float* exp_avg_sq, const float* grad, void* out, int64_t n,
-                   const Scalars& c, cudaStream_t s) {
+cudaError_t launch(const Arrays<float>& a, const float* grad, void* out, int64_t n, const Scalars& c, cudaStream_t s) {
   const uintptr_t out_bytes = kOut == 1 ? 8 : 16;  // four outputs per vector
-  const bool vec = aligned(master, 16) && aligned(exp_avg, 16) && aligned(exp_avg_sq, 16) && aligned(grad, 16) &&
-                   (kOut < 0 || aligned(out, out_bytes));
+  const bool vec = aligned(a.master, 16) && aligned(a.exp_avg, 16) && aligned(a.exp_avg_sq, 16) &&
+                   aligned(a.master_out, 16) && aligned(a.exp_avg_out, 16) && aligned(a.exp_avg_sq_out, 16) &&
+                   aligned(grad, 16) && (kOut < 0 || aligned(out, out_bytes));
   const int64_t n4 = vec ? n / 4 : 0, done = 4 * n4;
   if (n4 > 0)
-    adamw_vec4_kernel<kOut><<<blocks_for(n4), kThreads, 0, s>>>(
-        reinterpret_cast<float4*>(master), reinterpret_cast<float4*>(exp_avg), reinterpret_cast<float4*>(exp_avg_sq),
-        reinterpret_cast<const float4*>(grad), out, n4, c);
+    adamw_vec4_kernel<kOut><<<blocks_for(n4), kThreads, 0, s>>>(a.cast<float4>(), reinterpret_cast<const float4*>(grad),
+                                                               out, n4, c);
   if (n > done) {
     void* out_rest = kOut < 0 ? nullptr : static_cast<char*>(out) + done * (kOut == 1 ? 2 : 4);
-    adamw_scalar_kernel<kOut><<<blocks_for(n - done), kThreads, 0, s>>>(
-        master + done, exp_avg + done, exp_avg_sq + done, grad + done, out_rest, n - done, c);
+    adamw_scalar_kernel<kOut><<<blocks_for(n - done), kThreads, 0, s>>>(a.offset(done), grad + done, out_rest,
+                                                                        n - done, c);
   }
   return cudaGetLastError();
 }
 
 }  // namespace
 
-extern "C" cudaError_t hpcyuan_fused_adamw(float* master, float* exp_avg, float* exp_avg_sq, const float* grad,
-                                           void* param_out, int out_dtype, int64_t n, double lr, double beta1,
-                                           double beta2, double eps, double weight_decay, int64_t step,
-                                           double grad_scale, cudaStream_t s) {
+extern "C" cudaError_t hpcyuan_fused_adamw(const float* master, const float* exp_avg, const float* exp_avg_sq,
+                                           const float* grad, float* master_out, float* exp_avg_out,
+                                           float* exp_avg_sq_out, void* param_out, int out_dtype, int64_t n,
+                                           double lr, double beta1, double beta2, double eps, double weight_decay,
+                                           int64_t step, double grad_scale, cudaStream_t s) {
   if (step < 1) return cudaErrorInvalidValue;
   const Scalars c = make_scalars(lr, beta1, beta2, eps, weight_decay, step, grad_scale);
-  if (param_out == nullptr) return launch<-1>(master, exp_avg, exp_avg_sq, grad, nullptr, n, c, s);
+  const Arrays<float> a{master, exp_avg, exp_avg_sq, master_out, exp_avg_out, exp_avg_sq_out};
+  if (param_out == nullptr) return launch<-1>(a, grad, nullptr, n, c, s);
   switch (out_dtype) {
-    case 0: return launch<0>(master, exp_avg, exp_avg_sq, grad, param_out, n, c, s);
-    case 1: return launch<1>(master, exp_avg, exp_avg_sq, grad, param_out, n, c, s);
+    case 0: return launch<0>(a, grad, param_out, n, c, s);
+    case 1: return launch<1>(a, grad, param_out, n, c, s);
     default: return cudaErrorInvalidValue;
   }
 }

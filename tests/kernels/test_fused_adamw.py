@@ -10,7 +10,8 @@ torch's, but a step may round differently by about an ulp: torch's CPU kernels f
 FMAs and its CPU sqrt is not correctly rounded, while this kernel rounds every operation. The bound is on the
 scale, not per element, because lerp_ can cancel: an element near zero carries an ulp of its operands.
 reference_fused_adamw_ itself is bit-identical to torch.optim.AdamW (asserted below). The bf16 param_out must
-equal master.to(bf16) exactly (round to nearest even).
+equal master.to(bf16) exactly (round to nearest even). The step `into` other buffers (hpcyuan::fused_adamw_into,
+what ZeroAdamW runs after a checkpoint snapshot) must give the in-place step's bits and leave its inputs alone.
 """
 
 import pytest
@@ -144,6 +145,48 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.hpcyuan.fused_adamw.default, args)
 
 
+def _into_vs_in_place(n, out_dtype, device="cpu", offset=0):
+    """One step in place and one from copies of the same state `into` fresh buffers (through ops, so under
+    the current kernels mode); asserts equal bits and untouched inputs. `offset` misaligns every pointer."""
+    def buffer(t):
+        return torch.cat([torch.zeros(offset, dtype=t.dtype), t]).to(device)[offset:]
+
+    st = {k: buffer(t) for k, t in _state(n, 9).items()}
+    st["exp_avg"].copy_(torch.randn(n)), st["exp_avg_sq"].copy_(torch.rand(n))
+    grad = buffer(torch.randn(n))
+    frozen, before = {k: t.clone() for k, t in st.items()}, {k: t.clone() for k, t in st.items()}
+    into = tuple(buffer(torch.full((n,), float("nan"))) for _ in STATE)
+    outs = [None if out_dtype is None else buffer(torch.empty(n, dtype=out_dtype)) for _ in range(2)]
+    kw = dict(**HP, weight_decay=0.1, step=4, grad_scale=0.5)
+    ops.fused_adamw_(*st.values(), grad, outs[0], **kw)
+    ops.fused_adamw_(*frozen.values(), grad, outs[1], **kw, into=into)
+    for k, got in zip(STATE, into):
+        assert torch.equal(frozen[k], before[k]), f"the step into other buffers changed its input {k}"
+        assert torch.equal(got, st[k]), f"{k}: the step into other buffers differs from the in-place step"
+    if out_dtype is not None:
+        assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+@pytest.mark.parametrize("n", [1, 7, 1000003])
+def test_into_equals_in_place_and_leaves_its_inputs(mode, n):
+    ops.set_kernels(mode)
+    try:
+        _into_vs_in_place(n, torch.bfloat16)
+        _into_vs_in_place(n, None)
+    finally:
+        ops.set_kernels("auto")
+
+
+def test_into_opcheck():
+    n = 37
+    st = _state(n, 5)
+    for out in (torch.empty(n), torch.empty(n, dtype=torch.bfloat16), None):
+        args = (st["master"], st["exp_avg"], st["exp_avg_sq"], torch.randn(n), torch.empty(n), torch.empty(n),
+                torch.empty(n), out, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5)
+        torch.library.opcheck(torch.ops.hpcyuan.fused_adamw_into.default, args)
+
+
 def test_bad_inputs_raise():
     n = 10
     st = _state(n, 7)
@@ -157,8 +200,15 @@ def test_bad_inputs_raise():
         ops.fused_adamw_(st["master"], st["exp_avg"].double(), st["exp_avg_sq"], grad, None, **kw)
     with pytest.raises(ValueError, match="step = 0"):
         ops.fused_adamw_(*st.values(), grad, None, **HP, weight_decay=0.0, step=0)
+    with pytest.raises(ValueError, match="into must be"):
+        ops.fused_adamw_(*st.values(), grad, None, **kw, into=(torch.empty(n), torch.empty(n)))
+    with pytest.raises(ValueError, match=r"into\[2\] must be"):
+        ops.fused_adamw_(*st.values(), grad, None, **kw, into=(torch.empty(n), torch.empty(n), torch.empty(n - 1)))
     with pytest.raises(RuntimeError, match="must be 1-D"):
         torch.ops.hpcyuan.fused_adamw(*st.values(), grad[:5], None, 1e-3, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
+    with pytest.raises(RuntimeError, match="exp_avg_sq_out must be 1-D"):
+        torch.ops.hpcyuan.fused_adamw_into(*st.values(), grad, torch.empty(n), torch.empty(n), torch.empty(3), None,
+                                           1e-3, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -189,6 +239,21 @@ def test_cuda_opcheck():
     args = [t.cuda() for t in _state(n, 5).values()] + [torch.randn(n, device="cuda"),
                                                          torch.empty(n, dtype=torch.bfloat16, device="cuda")]
     torch.library.opcheck(torch.ops.hpcyuan.fused_adamw.default, (*args, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5))
+
+
+@CUDA
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, None], ids=["fp32", "bf16", "none"])
+@pytest.mark.parametrize("n, offset", [(7, 0), (1000003, 0), (1001, 1)], ids=["7", "1000003", "unaligned"])
+def test_cuda_into_equals_in_place(n, offset, out_dtype):
+    _into_vs_in_place(n, out_dtype, device="cuda", offset=offset)
+
+
+@CUDA
+def test_cuda_into_opcheck():
+    n = 37
+    args = [t.cuda() for t in _state(n, 5).values()] + [torch.randn(n, device="cuda")]
+    args += [torch.empty(n, device="cuda") for _ in STATE] + [torch.empty(n, dtype=torch.bfloat16, device="cuda")]
+    torch.library.opcheck(torch.ops.hpcyuan.fused_adamw_into.default, (*args, 1e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.5))
 
 
 @CUDA

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hpcyuan.checkpoint.format import KINDS
-from hpcyuan.checkpoint.state import load_rank_state, logical, rank_pieces
+from hpcyuan.checkpoint.state import live_state, load_rank_state, logical, rank_pieces
 from hpcyuan.config import load_config
 from hpcyuan.parallel.flat import FlatParams, Region
 from hpcyuan.parallel.pipeline import build_stage, tied_embedding
@@ -77,7 +77,7 @@ def test_any_layout_loads_any_other(source, target):
     for rank, (dp_rank, opt) in enumerate(ranks(source, zero_stage=1)):
         fill_from(values, opt)
         rebuild_weights([opt])  # its own block is all rank_pieces writes
-        for piece in rank_pieces(opt, dp_rank):
+        for piece in rank_pieces(opt, dp_rank, live_state(opt)):
             key = (piece.kind, piece.name)
             assert (written[key][piece.start:piece.stop] == -1).all(), f"{key} written twice"
             written[key][piece.start:piece.stop] = rank

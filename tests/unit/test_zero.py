@@ -3,7 +3,8 @@
 The multi-rank exactness (dp = 2, 4; ZeRO 0/1/2) is tests/mpi/test_parallel.py; here one rank shows the
 update itself: every ZeRO stage gives torch.optim.AdamW(foreach) + clip_grad_norm_ within 1e-6 over
 several steps with clipping active and both weight-decay groups, and a non-finite gradient changes
-nothing.
+nothing. `freeze` (an async checkpoint's snapshot) keeps the frozen state unchanged through later steps
+while training goes on bit-identical to a run that never froze.
 """
 
 import math
@@ -48,6 +49,44 @@ def test_update_equals_torch_adamw_with_clipping(zero_stage):
     diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters()))
     print(f"ZeRO-{zero_stage} vs torch AdamW after 6 clipped steps: max param diff {diff:.2e}")
     assert diff <= 1e-6
+
+
+def _train(opt, m, steps, freeze_at=(), on_freeze=None):
+    gen = torch.Generator().manual_seed(2)
+    for step in range(steps):
+        if step in freeze_at:
+            on_freeze(step, opt.freeze())
+        opt.zero_grad()
+        opt.backward(10 * m(torch.randn(4, 5, generator=gen)).square().sum(), last_micro_batch=True)
+        opt.step(lr=CFG.lr)
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_frozen_state_stays_while_training_goes_on_unchanged(zero_stage):
+    plain, frozen = model(), model()
+    opt_plain = ZeroAdamW(plain, CFG, zero_stage, Comm.world(), Comm.world())
+    opt = ZeroAdamW(frozen, CFG, zero_stage, Comm.world(), Comm.world())
+    snapshots = []
+
+    def unchanged_since_freeze():
+        state, copy = snapshots[-1]
+        for kind in copy:
+            assert torch.equal(state[kind], copy[kind]), f"{kind} changed after its freeze"
+
+    def on_freeze(step, state):
+        # the frozen state must stay as it was until the next freeze (a checkpoint writes it meanwhile)
+        if snapshots:
+            unchanged_since_freeze()
+        weights = opt.flat.data[opt.owned.start:opt.owned.end]
+        assert torch.equal(state["master"], weights)  # the weights are the (fp32) master: nothing to copy
+        snapshots.append((state, {k: t.clone() for k, t in state.items()}))
+
+    _train(opt_plain, plain, 8)
+    _train(opt, frozen, 8, freeze_at=(2, 3, 6), on_freeze=on_freeze)
+    unchanged_since_freeze()
+    for kind in ("master", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(getattr(opt, kind), getattr(opt_plain, kind)), kind
+    assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), plain.parameters()))
 
 
 def test_non_finite_gradient_is_skipped_and_changes_nothing():
