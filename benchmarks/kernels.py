@@ -10,6 +10,10 @@ For each case (op, shape from the tiny/demo/yuan-2b/M32 configs, forward or forw
   compile      torch.compile of that reference (first calls, compilation included, are warm-up)
   optim        fused_adamw only: torch.optim.AdamW(foreach=True) stepping the same flat fp32 shard
   fused        fused_adamw on CUDA only: torch.optim.AdamW(fused=True), torch's own one-kernel AdamW
+  conv2d       lfa_filter only: the model spec's formulation in eager PyTorch, as Yuan's Megatron code runs it
+               (docs/model.md, "LFA"; Conv2d with kernel (2, 1) and padding (1, 0) on a [b, h, s, 1] view, the
+               last row cropped, then the residual RMSNorm). hpcyuan's reference is already faster: it
+               runs both taps of a conv as one matmul on the (B, T, C) activations, without transposes
   into         fused_adamw only: the extension's step into other buffers (fused_adamw_into, the step
                after a checkpoint's freeze); "x into" above 1 is what it costs over the in-place step
 as the median of --repeats timings after --warmup calls, fp32 inputs unless the shape says bf16. On the CPU
@@ -59,6 +63,7 @@ if ARGS.threads:  # before torch loads: the extension's OpenMP and torch share o
 
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from hpcyuan import ops  # noqa: E402  (imports hpcyuan._C when built)
 from hpcyuan.ops import reference  # noqa: E402
@@ -71,7 +76,7 @@ WARMUP = ARGS.warmup or (3 if ARGS.quick else 5)
 REPEATS = ARGS.repeats or (7 if ARGS.quick else 20)
 BATCH_S, MAX_BATCH = 2e-3, 100  # CUDA: calls per timing fill ~2 ms, at most 100
 PEAK_GBS = {"H200": 4800.0, "H100 80GB HBM3": 3350.0, "A100-SXM4-80GB": 2039.0}  # datasheets
-PEERS = ("eager", "compile", "optim") + (("fused",) if CUDA else ()) + ("into",)
+PEERS = ("eager", "compile", "conv2d", "optim") + (("fused",) if CUDA else ()) + ("into",)
 # one torch.compile per case re-traces the same reference functions for each shape, dtype and grad mode:
 # above dynamo's default recompile limit (8 per function) it would silently run them eagerly
 for _name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
@@ -131,6 +136,16 @@ def rms_norm_case(tokens, hidden, dtype=torch.float32, *, bwd):
     return make, numel * _size(dtype) * (5 if bwd else 2), 0
 
 
+def conv2d_lfa_filter(x, conv1_weight, conv1_bias, conv2_weight, conv2_bias, norm_weight, eps):
+    """The LFA filter as Yuan's Megatron LocalizedFiltering computes it: (B, T, C) -> [B, C, T, 1], two
+    Conv2d with kernel (2, 1) and padding (1, 0), each output's last row dropped (causal), then
+    RMSNorm(y2 + x) in (B, T, C). Equal to reference_lfa_filter within fp32 rounding."""
+    T = x.shape[1]
+    y1 = F.conv2d(x.permute(0, 2, 1).unsqueeze(-1), conv1_weight.unsqueeze(-1), conv1_bias, padding=(1, 0))[:, :, :T]
+    y2 = F.conv2d(y1, conv2_weight.unsqueeze(-1), conv2_bias, padding=(1, 0))[:, :, :T]
+    return reference.reference_rms_norm(y2.squeeze(-1).permute(0, 2, 1) + x, norm_weight, eps)
+
+
 def lfa_filter_case(B, T, C, dtype=torch.float32, *, bwd):
     def make():
         params = (_rand(C // 2, C, 2, scale=0.05, grad=bwd, dtype=dtype),
@@ -139,7 +154,12 @@ def lfa_filter_case(B, T, C, dtype=torch.float32, *, bwd):
                   _rand(C, grad=bwd))  # the norm weight stays fp32, as the model keeps it
         args = (_rand(B, T, C, grad=bwd, dtype=dtype), *params, EPS)
         grad_of = tuple(range(6)) if bwd else None
-        return _peers("lfa_filter", reference.reference_lfa_filter, args, grad_of, _rand(B, T, C, dtype=dtype))
+        grad_out = _rand(B, T, C, dtype=dtype)
+        if dtype == torch.float32:  # the Conv2d peer computes the same function
+            with torch.no_grad():
+                torch.testing.assert_close(conv2d_lfa_filter(*args), reference.reference_lfa_filter(*args))
+        return _peers("lfa_filter", reference.reference_lfa_filter, args, grad_of, grad_out) | {
+            "conv2d": _runner(conv2d_lfa_filter, args, grad_of, grad_out)}
     return make, 0, 2 * B * T * C * C * (6 if bwd else 2)
 
 
