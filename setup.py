@@ -53,6 +53,7 @@ setup(
         "sentencepiece>=0.2",
         "matplotlib>=3.8",
         "tomli-w>=1.0",
+        "zlib-ng>=0.5",  # checkpoint crc32s, 4x zlib's speed (the same checksums; zlib where it is missing)
     ],
     extras_require={
         # the MPI library itself: the PyPI MPICH wheel by default; a site MPI works without it

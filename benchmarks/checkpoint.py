@@ -21,7 +21,8 @@ Measured, --repeats times each, the peers interleaved; printed: median (fastest-
      (FileSystemWriter defaults: 1 thread, fsync).
      read GB/s: hpcyuan collective.restore (the cheap verify, then reads master, m and v into the
      optimizer with every block's crc32 checked and rebuilds the weights from the master, as after a
-     step; the state's every byte comes back, from 3/4 of them on disk) against raw readinto, torch.load(weights_only=True) + copy into the state
+     step; the state's every byte comes back, from 3/4 of them on disk; its reads use O_DIRECT where
+     the file system allows it, past the page cache, which is evicted before every read all the same) against raw readinto, torch.load(weights_only=True) + copy into the state
      (what load_state_dict does), and dcp.load in place. Before every read each file is dropped from
      the page cache (posix_fadvise DONTNEED; drop_caches where that is not enough), checked with
      mincore; after every read the state's crc32 is checked.
@@ -337,6 +338,8 @@ def write_raw_early(path: Path, tensors: list[torch.Tensor]) -> None:
 # label, the module it needs (none is a dependency of hpcyuan), update(checksum, buffer) -> checksum
 HASHERS = (
     ("zlib.crc32", "zlib", lambda crc, b: zlib.crc32(b, crc)),
+    ("zlib_ng.crc32 (pip zlib-ng; the same CRC-32, hpcyuan's)", "zlib_ng",
+     lambda crc, b: importlib.import_module("zlib_ng.zlib_ng").crc32(b, crc)),
     ("crc32c.crc32c (pip crc32c; CRC-32C, SSE4.2)", "crc32c",
      lambda crc, b: importlib.import_module("crc32c").crc32c(b, crc)),
     ("xxhash.xxh3_64 (pip xxhash; 64-bit hash, not a CRC)", "xxhash",

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from hpcyuan.checkpoint.format import list_checkpoints, step_dir_name
+from hpcyuan.checkpoint.format import list_checkpoints, parse_step, step_dir_name
 from hpcyuan.checkpoint.reader import CheckpointReader, latest_good
 from hpcyuan.checkpoint.saver import checkpoint_root
 from hpcyuan.checkpoint.state import load_rank_state
@@ -84,8 +84,7 @@ def _choose(job, root, older_than: int | None, said: set[str], say) -> int:
                 say(f"checkpoint: {line}")
                 said.add(line)
         if path is not None:
-            with CheckpointReader(path) as reader:
-                chosen[0] = reader.meta["step"]
+            chosen[0] = parse_step(path.name)
         elif list_checkpoints(root):
             chosen[0] = NONE_GOOD
     job.groups.world.broadcast(chosen)  # one rank verifies; all load the same step

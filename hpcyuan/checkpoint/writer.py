@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 
 from hpcyuan.checkpoint.format import (
     BLOCK_BYTES, CHECKSUM, FORMAT_VERSION, INDEX, LATEST, MANIFEST, META, STATE, STORAGE, Piece,
-    PieceInfo, ShardRecord, block_crc32s, check_coverage, dataset_path, list_checkpoints,
+    PieceInfo, ShardRecord, block_crc32s, check_coverage, crc32, dataset_path, list_checkpoints,
     metadata_crc32, read_latest, shard_file_name, step_dir_name, tmp_dir_name,
 )
 from hpcyuan.errors import HpcyuanError
@@ -129,7 +128,7 @@ def write_shard(tmp_dir, rank: int, pieces: list[Piece], block_bytes: int = BLOC
     """Write this rank's pieces to `tmp_dir/shard_{rank:05d}.h5`, fsync it, and describe it.
 
     Each piece is one contiguous dataset (the fastest layout HDF5 has: one write of the buffer). Its
-    block crc32s are computed from memory by a helper thread while HDF5 writes (zlib.crc32 releases
+    block crc32s are computed from memory by a helper thread while HDF5 writes (crc32 releases
     the GIL); once the file is closed, the crc32 of its other bytes (HDF5's metadata, a few KiB)
     comes from the page cache. Nothing else is read back."""
     path = Path(tmp_dir) / shard_file_name(rank)
@@ -171,7 +170,7 @@ def sync_and_checksum(path, sync: bool = True) -> tuple[int, str]:
     crc, size = 0, 0
     with open(path, "rb") as fh:
         while block := fh.read(16 << 20):
-            crc, size = zlib.crc32(block, crc), size + len(block)
+            crc, size = crc32(block, crc), size + len(block)
         if sync:
             os.fsync(fh.fileno())
     return size, f"{crc:08x}"
