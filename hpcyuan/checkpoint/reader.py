@@ -168,10 +168,8 @@ def _read_aligned(fh, offset: int, length: int, file: str, buffers: threading.lo
     done = 0
     while start + done < offset + length:
         n = os.preadv(fh.fileno(), [buf[done:end - start]], start + done)
-        # short of whole pages is the file's end (and O_DIRECT could not read on from there)
-        if n == 0 or (n % ALIGN and start + done + n < offset + length):
-            raise HpcyuanError(f"{file}: ends at byte {start + done + n}, before the data it should hold "
-                               f"(truncated)")
+        if n == 0:
+            raise HpcyuanError(f"{file}: ends at byte {start + done}, before the data it should hold (truncated)")
         done += n
     return buf[offset - start:offset + length - start]
 

@@ -21,7 +21,7 @@ import pytest
 from hpcyuan.checkpoint import (
     CheckpointReader, Piece, ShardRecord, begin, commit, latest_good, list_checkpoints, verify, write_shard,
 )
-from hpcyuan.checkpoint import writer
+from hpcyuan.checkpoint import reader, writer
 from hpcyuan.errors import HpcyuanError
 
 SHAPES = {"embedding.weight": (11, 6), "layers.0.attn.q_proj.weight": (6, 6), "layers.0.norm.weight": (6,)}
@@ -202,6 +202,32 @@ def test_reads_check_every_block_they_touch(tmp_path):
         for start, stop in [(0, 1000), (170, 171), (159, 161), (175, 200)]:
             with pytest.raises(HpcyuanError, match=re.escape("bytes [640, 704) fail their crc32")):
                 ck.read("weight", "w", start, stop)
+
+
+@pytest.mark.parametrize("direct", ["O_DIRECT", "refused"])
+def test_reads_with_and_without_o_direct(tmp_path, monkeypatch, direct):
+    """Reads go past the page cache (O_DIRECT) where the file system allows it; where it refuses
+    (EINVAL, made here), the same reads go through the cache: both read back every range exactly, and
+    a file cut short in the middle of a page reads as truncated, not as an OSError."""
+    if direct == "refused":
+        real_open = os.open
+
+        def no_direct(path, flags, *args, **kwargs):
+            if flags & reader.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *args, **kwargs)
+        monkeypatch.setattr(reader.os, "open", no_direct)
+    data = np.random.default_rng(3).standard_normal(3_000_001).astype(np.float32)  # 3 blocks, the last short
+    tmp = begin(tmp_path, 1)
+    record = write_shard(tmp, 0, [Piece("w", "master", (data.size,), 0, data.size, data)])
+    path = commit(tmp_path, 1, [record], {})
+    with CheckpointReader(path) as ck:
+        for start, stop in [(0, data.size), (1, 2), (1_048_575, 1_048_577), (2_999_000, 3_000_001)]:
+            assert np.array_equal(ck.read("master", "w", start, stop), data[start:stop]), (start, stop)
+        os.truncate(path / "shard_00000.h5", record.offsets[0] + 5_000_123)  # mid-page, inside block 1
+        assert np.array_equal(ck.read("master", "w", 0, 1_000_000), data[:1_000_000])
+        with pytest.raises(HpcyuanError, match=r"ends at byte \d+, before the data it should hold \(truncated\)"):
+            ck.read("master", "w", 0, data.size)
 
 
 def test_missing_manifest_is_partial_and_skipped(tmp_path):
