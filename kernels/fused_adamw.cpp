@@ -1,6 +1,6 @@
 // Fused AdamW CPU kernel: one pass over a flat fp32 shard (the ZeRO optimizer's, hpcyuan/parallel/zero.py),
 // in place (fused_adamw) or from one set of master/m/v buffers into another (fused_adamw_into: the step after a
-// checkpoint snapshot, which leaves the snapshot untouched for the background writer; same bytes moved).
+// checkpoint snapshot, which leaves the snapshot untouched for the background writer).
 // Per element, in exactly torch.optim.AdamW's foreach order (torch/optim/adam.py `_multi_tensor_adam`),
 // each step rounded to fp32 like the foreach ops, with the scalars computed in double as Python does:
 //   g = grad * grad_scale

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
+import numpy as np
+
+from hpcyuan.errors import HpcyuanError
 
 try:  # zlib-ng's crc32: the very CRC-32 of zlib (same values), 4x faster here (carry-less multiply)
     from zlib_ng.zlib_ng import crc32
 except ImportError:  # a platform without its wheel: the same checksums, at zlib's speed
     from zlib import crc32
-import numpy as np
-
-from hpcyuan.errors import HpcyuanError
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: chunked shards with fletcher32, one crc32 per whole file

@@ -81,7 +81,7 @@ class Saver:
         self._error: BaseException | None = None
 
     def save(self, optimizer, progress: dict) -> None:
-        """Checkpoint `progress["step"]`: returns once the state is copied (async) or committed."""
+        """Checkpoint `progress["step"]`: returns once the state is frozen (async) or committed."""
         self.wait()
         start = time.perf_counter()
         snap = self._snapshot(optimizer, progress)

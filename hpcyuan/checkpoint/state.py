@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-
 import torch
 
 from hpcyuan.checkpoint.format import KINDS, Piece

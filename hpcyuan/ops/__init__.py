@@ -123,7 +123,7 @@ def fused_adamw_(master: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.
     master, exp_avg, exp_avg_sq, grad: 1-D contiguous fp32 of one length; param_out: the same length in
     fp32 or bf16 (the model's working copy), or None to skip the write-back; step counts from 1.
     `into`: three more such tensors that receive the new master, exp_avg and exp_avg_sq instead, leaving
-    the first three unchanged (the same bits and the same bytes moved as the in-place step).
+    the first three unchanged (the same bits as the in-place step).
     """
     _check_adamw_args(master, exp_avg, exp_avg_sq, grad, param_out, step, into)
     hyper = (lr, beta1, beta2, eps, weight_decay, step, grad_scale)

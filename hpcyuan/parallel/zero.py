@@ -15,7 +15,8 @@ One step (stage s >= 1; Psi = this stage's parameters, n = dp ranks, all fp32):
   4. all-gather of the flat parameter buffer: every rank holds every new weight.
 After `freeze()` (an async checkpoint's snapshot) step 3 reads master, m and v and writes the new ones
 into a second set of buffers, which training then uses: the frozen ones stay as they were, for the
-checkpoint writer, at no cost beyond the memory of that second set.
+checkpoint writer. The price: that second set's memory, and that one step is slower on a CPU (1.1x
+here: its stores go to memory it did not just read) while on a GPU it takes the same time.
 Memory of master + m + v: 12 Psi / n bytes (plus padding to a multiple of n); stage 0 keeps all of
 it on every rank (12 Psi) and all-reduces gradients instead of steps 1 and 4. Wire bytes per step
 and rank: 2 (n-1)/n x 4 Psi for stages 0 and 1, the ZeRO paper's 2 Psi elements (its large-n value);
