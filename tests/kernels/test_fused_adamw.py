@@ -152,9 +152,11 @@ def _into_vs_in_place(n, out_dtype, device="cpu", offset=0):
         return torch.cat([torch.zeros(offset, dtype=t.dtype), t]).to(device)[offset:]
 
     st = {k: buffer(t) for k, t in _state(n, 9).items()}
-    st["exp_avg"].copy_(torch.randn(n)), st["exp_avg_sq"].copy_(torch.rand(n))
+    st["exp_avg"].copy_(torch.randn(n))
+    st["exp_avg_sq"].copy_(torch.rand(n))
     grad = buffer(torch.randn(n))
-    frozen, before = {k: t.clone() for k, t in st.items()}, {k: t.clone() for k, t in st.items()}
+    frozen = {k: t.clone() for k, t in st.items()}  # the out-of-place step's inputs
+    before = {k: t.clone() for k, t in st.items()}  # what they must still hold after it
     into = tuple(buffer(torch.full((n,), float("nan"))) for _ in STATE)
     outs = [None if out_dtype is None else buffer(torch.empty(n, dtype=out_dtype)) for _ in range(2)]
     kw = dict(**HP, weight_decay=0.1, step=4, grad_scale=0.5)
